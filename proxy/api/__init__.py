@@ -1,0 +1,1 @@
+"""Ingress adapters: turn an HTTP request into a ChatCall, run the pipeline, write the Reply."""

@@ -1,0 +1,147 @@
+"""The error tree, and the one OpenAI error envelope every failure is rendered in."""
+
+from __future__ import annotations
+
+import orjson
+
+
+class ProxyError(Exception):
+    """An error that reaches the client as `{"error": {message, type, param, code}}` with `status`."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if type is not None:
+            self.type = type
+        if code is not None:
+            self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def envelope(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def body(self) -> bytes:
+        return orjson.dumps(self.envelope())
+
+    def sse(self) -> bytes:
+        """The error as the last SSE event of a stream that already started."""
+        return b"event: error\ndata: " + self.body() + b"\n\n"
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(ProxyError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(ProxyError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class NotFound(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(ProxyError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(ProxyError):
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+    def __init__(self, message: str, **kw) -> None:
+        super().__init__(message, **kw)
+        self.headers.setdefault("x-should-retry", "false")
+
+
+class Unavailable(ProxyError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+class UpstreamError(ProxyError):
+    """A provider failed; `retryable` tells the router whether another attempt or target may help."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, retryable: bool = True, retry_after: float | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+def upstream_error_for_status(status: int, message: str, *, type: str | None = None, code: str | None = None,
+                              param: str | None = None, retry_after: float | None = None) -> UpstreamError:
+    """Map a provider's HTTP status to the status and type OpenAI's clients expect, keeping its message."""
+    if status in (400, 413, 422):
+        return UpstreamError(message, status=400 if status == 422 else status, type=type or "invalid_request_error",
+                             code=code, param=param, retryable=False)
+    if status == 401:
+        # The provider rejected *our* credentials: a gateway fault, not the client's.
+        return UpstreamError(message, status=502, type="upstream_auth_error", code=code or "upstream_auth_error",
+                             retryable=True)
+    if status == 403:
+        return UpstreamError(message, status=403, type=type or "permission_error", code=code, retryable=False)
+    if status == 404:
+        return UpstreamError(message, status=404, type=type or "invalid_request_error",
+                             code=code or "model_not_found", retryable=True)
+    if status in (408, 409):
+        return UpstreamError(message, status=status, type=type or "server_error", code=code, retryable=True)
+    if status == 429:
+        return UpstreamError(message, status=429, type=type or "rate_limit_error", code=code or "rate_limit_exceeded",
+                             retryable=True, retry_after=retry_after)
+    if status in (503, 529):
+        return UpstreamError(message, status=503, type=type or "server_error", code=code or "overloaded",
+                             retryable=True, retry_after=retry_after)
+    if 400 <= status < 500:
+        return UpstreamError(message, status=status, type=type or "invalid_request_error", code=code,
+                             param=param, retryable=False)
+    return UpstreamError(message, status=502, type=type or "upstream_error", code=code or "upstream_error",
+                         retryable=True)

@@ -1,0 +1,67 @@
+"""Who is calling. The master key is checked in constant time; virtual keys plug in via `KeyLookup`."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Protocol
+
+import msgspec
+
+from proxy.context import ChatCall, Reply
+from proxy.errors import Unauthorized
+from proxy.pipeline import Handler
+
+
+class Principal(msgspec.Struct, frozen=True, kw_only=True):
+    """An authenticated caller: the master key or a virtual key."""
+
+    id: str
+    name: str = ""
+    is_master: bool = False
+    models: tuple[str, ...] | None = None        # None: every model
+    source_id: str | None = None
+    source_type: str | None = None
+    budget_id: str | None = None
+
+    def may_use(self, model: str) -> bool:
+        if self.models is None:
+            return True
+        from fnmatch import fnmatchcase
+        return any(fnmatchcase(model, pattern) for pattern in self.models)
+
+
+class KeyLookup(Protocol):
+    async def find(self, credential: str) -> Principal | None: ...
+
+
+MASTER = Principal(id="master", name="master key", is_master=True)
+
+
+class Authenticator:
+    def __init__(self, master_key: str, lookup: KeyLookup | None = None) -> None:
+        if not master_key:
+            raise ValueError("a master key is required: the gateway never runs open")
+        self._master_digest = hashlib.sha256(master_key.encode()).digest()
+        self.lookup = lookup
+
+    async def authenticate(self, credential: str | None) -> Principal:
+        if not credential:
+            raise Unauthorized("You didn't provide an API key. Pass it as 'Authorization: Bearer <key>'.")
+        digest = hashlib.sha256(credential.encode()).digest()
+        if hmac.compare_digest(digest, self._master_digest):
+            return MASTER
+        if self.lookup is not None:
+            found = await self.lookup.find(credential)
+            if found is not None:
+                return found
+        raise Unauthorized("Incorrect API key provided.")
+
+
+class AuthStage:
+    def __init__(self, auth: Authenticator) -> None:
+        self.auth = auth
+
+    async def __call__(self, call: ChatCall, next: Handler) -> Reply:
+        call.key = await self.auth.authenticate(call.credential)
+        return await next(call)

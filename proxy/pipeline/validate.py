@@ -1,0 +1,14 @@
+"""Request validation as a stage: after auth, before anything that counts or spends."""
+
+from __future__ import annotations
+
+from proxy.api.parse import validate_chat
+from proxy.context import ChatCall, Reply
+from proxy.pipeline import Handler
+
+
+class ValidateStage:
+    async def __call__(self, call: ChatCall, next: Handler) -> Reply:
+        if call.endpoint == "chat.completions":
+            validate_chat(call)
+        return await next(call)

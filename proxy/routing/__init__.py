@@ -1,0 +1,1 @@
+"""Model name -> target -> provider attempt."""

@@ -1,0 +1,101 @@
+"""A fake OpenAI-compatible upstream with switchable faults. It records what it received."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+class FakeOpenAI:
+    """`mode` picks the behaviour of the next requests:
+    ok | error500 | error400 | error429 | reset_midstream | slow_first_byte | no_done | garbage."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.reply = "Hello from the fake upstream"
+        self.delay = 0.0
+        self.app = web.Application()
+        self.app.router.add_post("/v1/chat/completions", self.chat)
+        self.app.router.add_post("/v1/embeddings", self.embeddings)
+        self.app.router.add_get("/v1/models", self.models)
+        self.cancelled = 0
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        return web.json_response({"object": "list", "model": body["model"],
+                                  "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                                           for i, _ in enumerate(inputs)],
+                                  "usage": {"prompt_tokens": 4 * len(inputs), "total_tokens": 4 * len(inputs)}})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        mode = self.mode
+        if mode == "error500":
+            return web.json_response({"error": {"message": "upstream exploded", "type": "server_error",
+                                                "param": None, "code": None}}, status=500)
+        if mode == "error400":
+            return web.json_response({"error": {"message": "Invalid value for 'temperature'.",
+                                                "type": "invalid_request_error", "param": "temperature",
+                                                "code": "invalid_value"}}, status=400)
+        if mode == "error429":
+            return web.json_response({"error": {"message": "Rate limit reached", "type": "requests",
+                                                "param": None, "code": "rate_limit_exceeded"}},
+                                     status=429, headers={"retry-after": "1"})
+        if mode == "garbage":
+            return web.Response(body=b"<html>oops</html>", status=200, content_type="text/html")
+        if mode == "slow_first_byte":
+            await asyncio.sleep(self.delay or 5)
+        words = self.reply.split(" ")
+        usage = {"prompt_tokens": 11, "completion_tokens": len(words), "total_tokens": 11 + len(words)}
+        created = int(time.time())
+        if not body.get("stream"):
+            return web.json_response({
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": created, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": self.reply},
+                             "logprobs": None, "finish_reason": "stop"}],
+                "usage": usage, "system_fingerprint": "fp_fake"})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+
+        def chunk(delta: dict, finish: str | None = None) -> bytes:
+            return b"data: " + orjson.dumps({
+                "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
+                "model": body["model"], "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + b"\n\n"
+
+        try:
+            await resp.write(b": keep-alive\n\n")
+            await resp.write(chunk({"role": "assistant", "content": ""}))
+            for i, w in enumerate(words):
+                if mode == "reset_midstream" and i == len(words) // 2:
+                    await asyncio.sleep(0.05)
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return resp
+                await resp.write(chunk({"content": ("" if i == 0 else " ") + w}))
+                if self.delay and mode != "slow_first_byte":
+                    await asyncio.sleep(self.delay)
+            await resp.write(chunk({}, "stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                await resp.write(b"data: " + orjson.dumps({
+                    "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
+                    "model": body["model"], "choices": [], "usage": usage}) + b"\n\n")
+            if mode != "no_done":
+                await resp.write(b"data: [DONE]\n\n")
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return resp
