@@ -62,6 +62,10 @@ class Provider(Protocol):
         """A cheap request (list models or similar) whose 2xx answer means the provider is up."""
         ...
 
+    # Optional: `async def prepare(self, target, transport) -> None`, awaited by the router before
+    # `to_wire`, for adapters that need cached upstream facts (OpenRouter's supported parameters).
+    # Embeddings: `call.endpoint == "embeddings"` in to_wire/from_wire; body holds `model` and `input`.
+
 
 def retry_after_seconds(headers: Any) -> float | None:
     """Seconds from `Retry-After` (or `retry-after-ms`), if the provider sent one."""

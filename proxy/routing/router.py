@@ -47,6 +47,9 @@ class Router:
         backend = self.backends[target.provider]
         call.attempts += 1
         call.target = target
+        prepare = getattr(backend.provider, "prepare", None)
+        if prepare is not None:
+            await prepare(target, backend.transport)     # e.g. fetch a model's supported params (cached)
         wire = backend.provider.to_wire(call, target)
         headers = {"x-llm-provider": backend.name, "x-llm-upstream-model": target.model}
         if wire.dropped:
