@@ -2,49 +2,117 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from aiohttp import web
 
-from proxy.api import chat, health, models
+from proxy.api import admin, admin_cache, admin_providers, chat, health, models
+from proxy.api import metrics as metrics_api
 from proxy.api.http import cors, errors
+from proxy.audit import audit_failures
 from proxy.config import Config
 from proxy.gateway import GATEWAY, Gateway
+from proxy.keyservice import KeyStore
 from proxy.pipeline import Stage, compose
 from proxy.pipeline.auth import Authenticator, AuthStage
+from proxy.pipeline.cache import CacheStage
 from proxy.pipeline.validate import ValidateStage
 from proxy.routing.backends import build_backends
+from proxy.routing.health import probe_forever
 from proxy.routing.router import Router
+from proxy.telemetry import Telemetry
 
 
-def build_gateway(config: Config) -> Gateway:
+def build_gateway(config: Config, keys: KeyStore | None = None) -> Gateway:
     backends = build_backends(config)
     router = Router(config, backends)
-    auth = Authenticator(config.server.master_key)
+    telemetry = Telemetry(config)           # traces, metrics, access log: all off-path when disabled
+    router.attempt_scopes.append(telemetry.attempt_hook)
+    telemetry.watch_router(router)
+    auth = Authenticator(config.server.master_key, keys.lookup if keys is not None else None)
+    cache = CacheStage(config, router.models)
     stages: list[Stage] = [
         AuthStage(auth),
         ValidateStage(),
         # rate limit -> budget -> cache -> cost plug in here (their issues), all before the router
+        cache,                  # response cache: rate limit and budget go above it, cost below it
     ]
-    return Gateway(config=config, backends=backends, router=router, auth=auth, pipeline=compose(stages, router))
+    pipeline = telemetry.wrap_pipeline(compose(stages, router, telemetry.bind_stage))
+    gw = Gateway(config=config, backends=backends, router=router, auth=auth, pipeline=pipeline,
+                 cache=cache, keys=keys, telemetry=telemetry)
+    gw.observers.append(telemetry.observe)
+    return gw
 
 
 def build_app(config: Config, gateway: Gateway | None = None) -> web.Application:
-    gw = gateway or build_gateway(config)
+    gw = gateway or build_gateway(config, KeyStore(config))
     middlewares = [errors]
     if config.server.cors_origins:
         middlewares.append(cors(config.server.cors_origins))
+    if gw.keys is not None:
+        middlewares.append(audit_failures(gw.keys.audit))     # 401/403 -> audit log, batched
     app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes,
                           handler_args={"max_field_size": config.server.max_header_bytes})
     app[GATEWAY] = gw
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/chat/completions", chat.chat_completions)
+    app.router.add_post("/v1/embeddings", chat.embeddings)
+    app.router.add_post("/embeddings", chat.embeddings)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{id:.+}", models.get_model)
     app.router.add_get("/health", health.health)
     app.router.add_get("/ready", health.ready)
+    app.router.add_get("/metrics", metrics_api.metrics)
+    admin_cache.setup(app)
+    admin_providers.setup(app)
+    if config.routing.health_check_interval > 0:
+        app.on_startup.append(_start_probes)
+        app.on_cleanup.append(_stop_probes)
+    if gw.keys is not None:
+        admin.setup(app, gw.keys)                             # /admin/keys, /admin/audit
+        gw.ready_checks["storage"] = gw.keys.ledger.ping
+        app.on_startup.append(_open_keys)
+        app.on_cleanup.append(_close_keys)
     app.on_cleanup.append(_close_backends)
+    app.on_cleanup.append(_close_telemetry)
     return app
+
+
+PROBES = web.AppKey("probes", asyncio.Task)
+
+
+async def _start_probes(app: web.Application) -> None:
+    gw = app[GATEWAY]
+    app[PROBES] = asyncio.create_task(
+        probe_forever(gw.router.health, gw.backends, gw.config.routing.health_check_interval))
+
+
+async def _stop_probes(app: web.Application) -> None:
+    task = app[PROBES]
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _close_telemetry(app: web.Application) -> None:
+    tel = app[GATEWAY].telemetry
+    if tel is not None:
+        await tel.close()           # flushes queued spans, stops the exporter thread
 
 
 async def _close_backends(app: web.Application) -> None:
     for b in app[GATEWAY].backends.values():
         await b.transport.close()
+
+
+async def _open_keys(app: web.Application) -> None:
+    keys = app[GATEWAY].keys
+    if keys is not None:
+        await keys.start()          # connects the ledger and runs pending migrations
+
+
+async def _close_keys(app: web.Application) -> None:
+    keys = app[GATEWAY].keys
+    if keys is not None:
+        await keys.close()

@@ -45,7 +45,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"Generated a development master key for this run:\n\n    {key}\n", flush=True)
     if overrides:
         cfg = msgspec.structs.replace(cfg, server=msgspec.structs.replace(server, **overrides))
-    logging.basicConfig(level=cfg.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from proxy.telemetry.logging import setup_logging
+    logs = cfg.telemetry.logs
+    setup_logging(logs.level or cfg.server.log_level, logs.format)    # JSON lines, secrets redacted
     try:
         import uvloop
         uvloop.install()
@@ -59,9 +61,11 @@ async def serve(cfg: Config) -> None:
     from aiohttp import web
 
     from proxy.app import build_app
+    from proxy.gateway import GATEWAY
 
     app = build_app(cfg)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    drain = cfg.routing.drain_seconds
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=1024)
     await site.start()
@@ -71,6 +75,14 @@ async def serve(cfg: Config) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    # Graceful shutdown: /ready fails and new calls get 503 at once; calls in flight (streams included)
+    # get up to `routing.drain_seconds` to finish; then the app's cleanup flushes the ledger and closes.
+    gw = app[GATEWAY]
+    gw.accepting = False
+    logging.getLogger("proxy").info("shutting down: draining %d in-flight requests (up to %gs)", gw.inflight, drain)
+    deadline = loop.time() + drain
+    while gw.inflight > 0 and loop.time() < deadline:  # noqa: ASYNC110 - a poll keeps the hot path free of events
+        await asyncio.sleep(0.05)
     await runner.cleanup()
 
 
@@ -86,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-config", help="validate a config file and say what is wrong")
     p.add_argument("file")
     p.set_defaults(func=cmd_check_config)
+    from proxy.cli_keys import add_parser as add_keys_parser
+    add_keys_parser(sub, _load_or_exit)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -43,7 +43,9 @@ def usage_from_openai(u: dict | None) -> Usage | None:
         completion_tokens=completion,
         total_tokens=int(u.get("total_tokens") or prompt + completion),
         cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
-        cache_write_tokens=int(u.get("cache_write_tokens") or 0),
+        # top level (ours), or inside prompt_tokens_details (OpenRouter's usage accounting)
+        cache_write_tokens=int(u.get("cache_write_tokens") or (details.get("cache_write_tokens") if
+                                                               isinstance(details, dict) else 0) or 0),
     )
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import orjson
+
+_UNSET: Any = object()
 
 
 class ProxyError(Exception):
@@ -19,7 +24,7 @@ class ProxyError(Exception):
         status: int | None = None,
         type: str | None = None,
         param: str | None = None,
-        code: str | None = None,
+        code: str | None = _UNSET,          # explicit None means "no code", unlike leaving it out
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -28,7 +33,7 @@ class ProxyError(Exception):
             self.status = status
         if type is not None:
             self.type = type
-        if code is not None:
+        if code is not _UNSET:
             self.code = code
         self.param = param
         self.headers = headers or {}
@@ -110,6 +115,9 @@ class UpstreamError(ProxyError):
         super().__init__(message, **kw)
         self.retryable = retryable
         self.retry_after = retry_after
+        if retry_after is not None:
+            # The client sees the provider's back-off hint (whole seconds, rounded up).
+            self.headers.setdefault("retry-after", str(max(0, math.ceil(retry_after))))
 
 
 class UpstreamTimeout(UpstreamError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -14,6 +15,11 @@ from proxy.pipeline import Handler
 from proxy.pipeline.auth import Authenticator
 from proxy.routing.backends import Backend
 from proxy.routing.router import Router
+
+if TYPE_CHECKING:
+    from proxy.keyservice import KeyStore
+    from proxy.pipeline.cache import CacheStage
+    from proxy.telemetry import Telemetry
 
 log = logging.getLogger("proxy")
 
@@ -30,7 +36,11 @@ class Gateway:
     pipeline: Handler
     ready_checks: dict[str, ReadyCheck] = field(default_factory=dict)
     observers: list[Observer] = field(default_factory=list)     # run for every finished call (logs, metrics)
-    accepting: bool = True
+    accepting: bool = True               # False once SIGTERM arrived: /ready fails, new calls get 503
+    inflight: int = 0                    # calls between ingress and their last byte (drain waits on it)
+    cache: CacheStage | None = None      # the response cache stage (admin invalidation, stats)
+    keys: KeyStore | None = None         # the ledger, virtual key lookup, audit log (admin API, CLI)
+    telemetry: Telemetry | None = None   # traces, metrics, access log (GET /metrics reads it)
 
     async def finish(self, call: ChatCall) -> None:
         try:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
 import aiohttp
+from yarl import URL
 
 from proxy.config import ProviderConfig, Timeouts
 from proxy.errors import UpstreamError, UpstreamTimeout
@@ -80,7 +81,9 @@ class HttpTransport:
     async def send(self, wire: WireRequest) -> HttpResponse:
         session = self._session or self._open()
         try:
-            resp = await session.request(wire.method, wire.url, data=wire.body, headers=wire.headers,
+            # raw_url: stop yarl from re-quoting (it would turn a signed `%3A` back into `:`).
+            url = URL(wire.url, encoded=True) if wire.raw_url else wire.url
+            resp = await session.request(wire.method, url, data=wire.body, headers=wire.headers,
                                          allow_redirects=False)
         except aiohttp.ServerTimeoutError:
             raise UpstreamTimeout(f"provider '{self.config.name}': connect timed out") from None

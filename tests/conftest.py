@@ -19,7 +19,8 @@ MASTER = "sk-test-master-0123456789"
 def make_config(providers: dict[str, Any] | None = None, models: list[dict[str, Any]] | None = None,
                 **sections: Any) -> Config:
     server = {"master_key": MASTER, **sections.pop("server", {})}
-    raw = {"server": server, "providers": providers or {"local": {"type": "mock"}},
+    storage = {"database": "sqlite://:memory:", **sections.pop("storage", {})}   # hermetic ledger per app
+    raw = {"server": server, "storage": storage, "providers": providers or {"local": {"type": "mock"}},
            "models": models or [{"name": "mock", "targets": [{"provider": "local", "model": "mock"}]}], **sections}
     return parse(raw, env={})
 

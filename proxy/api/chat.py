@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions: HTTP in, ChatCall through the pipeline, Reply out."""
+"""POST /v1/chat/completions and /v1/embeddings: HTTP in, ChatCall through the pipeline, Reply out."""
 
 from __future__ import annotations
 
@@ -7,14 +7,19 @@ from aiohttp import web
 from proxy.api.http import REQUEST_ID
 from proxy.api.parse import chat_call, decode_json
 from proxy.api.respond import write_reply
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, Unavailable
 from proxy.gateway import GATEWAY
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+async def _serve(request: web.Request, endpoint: str) -> web.StreamResponse:
     gw = request.app[GATEWAY]
+    if not gw.accepting:
+        raise Unavailable("The server is shutting down; retry on another replica.",
+                          headers={"Connection": "close", "Retry-After": "1"})
     call = chat_call(decode_json(await request.read()), request.headers)
+    call.endpoint = endpoint
     call.request_id = request.get(REQUEST_ID, call.request_id)
+    gw.inflight += 1
     try:
         reply = await gw.pipeline(call)
         return await write_reply(request, call, reply)
@@ -22,4 +27,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         call.status, call.error = e.status, e.message
         raise
     finally:
+        gw.inflight -= 1
         await gw.finish(call)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "chat.completions")
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "embeddings")

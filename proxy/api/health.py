@@ -22,4 +22,17 @@ async def ready(request: web.Request) -> web.Response:
     for n, r in zip(names, results, strict=True):
         checks[n] = r is True
     ok = all(checks.values())
-    return web.json_response({"status": "ready" if ok else "not_ready", "checks": checks}, status=200 if ok else 503)
+    # Provider state is reported, not judged: one dead provider must not take every replica out.
+    return web.json_response({"status": "ready" if ok else "not_ready", "checks": checks,
+                              "providers": provider_summary(gw)}, status=200 if ok else 503)
+
+
+def provider_summary(gw) -> dict[str, str]:
+    snap = gw.router.health.snapshot()
+    out = {name: "unknown" for name in gw.backends}
+    for name, p in snap["providers"].items():
+        out[name] = "healthy" if p["healthy"] else "unhealthy"
+    for key, t in snap["targets"].items():
+        if t["state"] != "closed":
+            out[key] = t["state"]
+    return out

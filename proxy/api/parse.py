@@ -117,3 +117,24 @@ def validate_chat(call: ChatCall) -> None:
         raise InvalidRequest("Invalid 'stream_options': expected an object.", param="stream_options",
                              code="invalid_type")
     call.model, call.stream = model, stream
+
+
+def validate_embeddings(call: ChatCall) -> None:
+    body = call.body
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("You must provide a model parameter.", param="model",
+                             code="missing_required_parameter" if model is None else "invalid_type")
+    inp = body.get("input")
+    ok = (isinstance(inp, str) and inp != "") or (
+        isinstance(inp, list) and inp and all(
+            (isinstance(x, str) and x != "") or (isinstance(x, int) and not isinstance(x, bool))
+            or (isinstance(x, list) and all(isinstance(t, int) for t in x)) for x in inp))
+    if not ok:
+        raise InvalidRequest("Invalid 'input': expected a non-empty string or array of strings or token arrays.",
+                             param="input", code="invalid_type" if inp is not None else "missing_required_parameter")
+    fmt = body.get("encoding_format")
+    if fmt is not None and fmt not in ("float", "base64"):
+        raise InvalidRequest("Invalid 'encoding_format': expected 'float' or 'base64'.", param="encoding_format",
+                             code="invalid_value")
+    call.model, call.stream = model, False

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Protocol
+import re
+from fnmatch import fnmatchcase
+from typing import Any, Protocol
 
 import msgspec
 
 from proxy.context import ChatCall, Reply
 from proxy.errors import Unauthorized
 from proxy.pipeline import Handler
+
+_GLOB = re.compile(r"[*?\[]")
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
@@ -23,12 +27,17 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     source_id: str | None = None
     source_type: str | None = None
     budget_id: str | None = None
+    rpm: int | None = None                        # requests per minute, None: no key limit
+    tpm: int | None = None                        # tokens per minute
+    max_concurrency: int | None = None            # requests in flight at once
+    metadata: dict[str, Any] = {}
+    expires_at: float | None = None               # unix seconds; checked on every request, cached or not
 
     def may_use(self, model: str) -> bool:
+        """`models` holds names or shell-style globs (`gpt-4o*`, `claude-?-*`)."""
         if self.models is None:
             return True
-        from fnmatch import fnmatchcase
-        return any(fnmatchcase(model, pattern) for pattern in self.models)
+        return model in self.models or any(fnmatchcase(model, p) for p in self.models if _GLOB.search(p))
 
 
 class KeyLookup(Protocol):

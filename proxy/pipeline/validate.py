@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.api.parse import validate_chat
+from proxy.api.parse import validate_chat, validate_embeddings
 from proxy.context import ChatCall, Reply
 from proxy.pipeline import Handler
 
@@ -11,4 +11,6 @@ class ValidateStage:
     async def __call__(self, call: ChatCall, next: Handler) -> Reply:
         if call.endpoint == "chat.completions":
             validate_chat(call)
+        elif call.endpoint == "embeddings":
+            validate_embeddings(call)
         return await next(call)

@@ -59,6 +59,20 @@ def mock_reply(body: dict[str, Any], reply_tokens: int) -> tuple[list[str], str,
     return tokens, finish, Usage(prompt_tokens=prompt_tokens, completion_tokens=n, total_tokens=prompt_tokens + n)
 
 
+def mock_embeddings(body: dict[str, Any], dims: int = 8) -> bytes:
+    """A unit-ish vector per input, derived from its text: equal inputs give equal vectors."""
+    inputs = body["input"] if isinstance(body.get("input"), list) else [body.get("input")]
+    data, tokens = [], 0
+    for i, item in enumerate(inputs):
+        text = item if isinstance(item, str) else orjson.dumps(item).decode()
+        tokens += count_tokens(text)
+        digest = hashlib.sha256(text.encode()).digest()
+        data.append({"object": "embedding", "index": i,
+                     "embedding": [round((digest[j] - 127.5) / 127.5, 6) for j in range(dims)]})
+    return orjson.dumps({"object": "list", "data": data, "model": body.get("model", "mock"),
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
 class MockResponse:
     def __init__(self, status: int, body: bytes = b"", chunks: AsyncIterator[bytes] | None = None) -> None:
         self.status = status
@@ -86,6 +100,8 @@ class MockTransport:
         body = orjson.loads(wire.body or b"{}")
         if wire.method == "GET":
             return MockResponse(200, orjson.dumps({"object": "list", "data": [{"id": "mock", "object": "model"}]}))
+        if wire.url.endswith("/embeddings"):
+            return MockResponse(200, mock_embeddings(body))
         s = self.settings
         tokens, finish, usage = mock_reply(body, s.reply_tokens)
         model, cid, created = body.get("model", "mock"), "chatcmpl-mock" + hashlib.md5(
@@ -133,6 +149,8 @@ class MockProvider:
 
     def to_wire(self, call: ChatCall, target: Target) -> WireRequest:
         body = upstream_body(call, target.model)
+        if call.endpoint == "embeddings":
+            return WireRequest(url="mock://local/embeddings", body=orjson.dumps(body))
         if call.stream:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return WireRequest(url="mock://local/chat/completions", body=orjson.dumps(body))

@@ -8,6 +8,12 @@ from typing import Any
 _TYPES: dict[str, str] = {
     "openai": "proxy.providers.openai:OpenAIProvider",
     "mock": "proxy.providers.mock:MockProvider",
+    "gemini": "proxy.providers.gemini:GeminiProvider",
+    "anthropic": "proxy.providers.anthropic:AnthropicProvider",
+    "ollama": "proxy.providers.ollama:OllamaProvider",
+    "azure": "proxy.providers.azure:AzureProvider",
+    "openrouter": "proxy.providers.openrouter:OpenRouterProvider",
+    "bedrock": "proxy.providers.bedrock:BedrockProvider",
 }
 
 

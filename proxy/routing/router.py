@@ -1,4 +1,4 @@
-"""The router: the pipeline's innermost handler. Picks a target, makes the attempt, falls back.
+"""The router: the pipeline's innermost handler. Orders targets, makes attempts, retries, falls back.
 
 Fallback happens only before the first byte reaches the client: a stream is handed out only once its
 first upstream chunk has arrived, and after that a failure ends the stream instead.
@@ -7,41 +7,129 @@ first upstream chunk has arrived, and after that a failure ends the stream inste
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import backoff
 
 from proxy.config import Config, ModelConfig, Target
 from proxy.context import ChatCall, Reply
-from proxy.errors import Forbidden, ModelNotFound, UpstreamError, UpstreamTimeout
+from proxy.errors import Forbidden, ProxyError, Unavailable, UpstreamError, UpstreamTimeout
+from proxy.providers.base import WireRequest
 from proxy.routing.backends import Backend
+from proxy.routing.balance import ordered
+from proxy.routing.health import Health, TargetState
+from proxy.routing.models import ModelCatalog
 from proxy.streaming.relay import relay
 from proxy.upstream import read_with_timeout
+
+# Wraps one upstream attempt (tracing, metrics). It may replace `wire.headers` with a copy plus
+# propagation headers; it must never mutate the dict it was given (providers share it).
+AttemptScope = Callable[[ChatCall, Target, WireRequest], AbstractContextManager[object]]
+
+SAME_TARGET_RETRY = frozenset({408, 409, 500, 502, 503})
+
+
+def _retry_same_target(e: Exception) -> bool:
+    """backoff's give-up test: retry the same target only on connection errors and 5xx/408/409.
+    429, timeouts and context-length errors move on to the next target instead."""
+    return not (isinstance(e, UpstreamError) and e.retryable and e.status in SAME_TARGET_RETRY
+                and not isinstance(e, UpstreamTimeout))
 
 
 class Router:
     def __init__(self, config: Config, backends: dict[str, Backend]) -> None:
-        self.models: dict[str, ModelConfig] = {m.name: m for m in config.models}
+        self.models = ModelCatalog(config.models)
         self.backends = backends
+        self.routing = config.routing
+        self.health = Health(config.routing.breaker)
+        self.attempt_scopes: list[AttemptScope] = []
+        r = config.routing
+        self._try_target = backoff.on_exception(
+            backoff.expo, UpstreamError, max_tries=r.retries + 1, giveup=_retry_same_target,
+            jitter=backoff.full_jitter, factor=r.backoff_base, max_value=r.backoff_max, logger=None,
+        )(self._tracked_attempt)
 
     def resolve(self, name: str) -> ModelConfig:
-        model = self.models.get(name)
-        if model is None:
-            raise ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.",
-                                param="model")
-        return model
+        return self.models.resolve(name)
 
     async def __call__(self, call: ChatCall) -> Reply:
-        targets = self.resolve(call.model).targets
-        if call.key is not None and not call.key.may_use(call.model):
+        model = self.models.resolve(call.model)
+        key = call.key
+        if key is not None and not key.may_use(call.model):
             raise Forbidden(f"This key may not use model '{call.model}'.", param="model")
-        last: UpstreamError | None = None
+        if model.deprecated:
+            call.response_headers["x-llm-deprecated"] = model.deprecated
+        targets = ordered(model, self.health)
+        if call.headers.get("x-llm-fallbacks", "").strip().lower() == "none":
+            targets = targets[:1]
+        last: ProxyError | None = None
+        window_above: int | None = None      # after a context-length error: only larger windows
+        now = time.monotonic()
         for target in targets:
+            if key is not None and not key.may_use(target.model):
+                # The key's list also covers the upstream model of every target, fallbacks included.
+                last = Forbidden(f"This key may not use model '{target.model}' (a target of '{call.model}').",
+                                 param="model")
+                continue
+            if window_above is not None and (target.context_window or 0) <= window_above:
+                continue
+            if not self.health.available(target, now):
+                wait = max(1, math.ceil(self.health.of(target).open_until - now))
+                last = last or Unavailable(f"No healthy target for model '{call.model}': "
+                                           f"'{target.provider}/{target.model}' is cooling down.",
+                                           headers={"retry-after": str(wait)})
+                continue
             try:
-                return await self.attempt(call, target)
+                reply = await self._try_target(call, target)
+                call.response_headers["x-llm-attempts"] = str(call.attempts)
+                return reply
             except UpstreamError as e:
-                if not e.retryable:
-                    raise
                 last = e
-        assert last is not None
+                if e.code == "context_length_exceeded":
+                    window_above = target.context_window or 0
+                    continue
+                if not e.retryable:
+                    break
+        if last is None:
+            last = Unavailable(f"No target of model '{call.model}' could take the request.")
+        last.headers["x-llm-attempts"] = str(call.attempts)
         raise last
+
+    async def _tracked_attempt(self, call: ChatCall, target: Target) -> Reply:
+        """One try, with the target's breaker and in-flight count kept up to date."""
+        st = self.health.of(target)
+        started = time.monotonic()
+        self.health.begin(st, started)
+        try:
+            reply = await self.attempt(call, target)
+        except UpstreamError as e:
+            self._account_failure(st, e)
+            raise
+        except BaseException:
+            self.health.neutral(st)
+            self.health.end(st)
+            raise
+        self.health.success(st, (time.monotonic() - started) * 1000)
+        if reply.chunks is None:
+            self.health.end(st)
+        else:
+            def release(_call: ChatCall) -> None:     # in flight until the last byte
+                self.health.end(st)
+            call.on_finish(release)
+        return reply
+
+    def _account_failure(self, st: TargetState, e: UpstreamError) -> None:
+        self.health.end(st)
+        if e.status == 429:
+            self.health.failure(st, e.message, cooldown=e.retry_after if e.retry_after is not None else 1.0)
+        elif e.status >= 500 or e.status in (408, 409) or e.code == "upstream_auth_error":
+            self.health.failure(st, e.message)
+        else:
+            self.health.neutral(st)
 
     async def attempt(self, call: ChatCall, target: Target) -> Reply:
         backend = self.backends[target.provider]
@@ -51,19 +139,30 @@ class Router:
         if prepare is not None:
             await prepare(target, backend.transport)     # e.g. fetch a model's supported params (cached)
         wire = backend.provider.to_wire(call, target)
+        if not self.attempt_scopes:
+            return await self._send(call, target, backend, wire)
+        with contextlib.ExitStack() as stack:
+            for scope in self.attempt_scopes:
+                stack.enter_context(scope(call, target, wire))
+            return await self._send(call, target, backend, wire)
+
+    async def _send(self, call: ChatCall, target: Target, backend: Backend, wire: WireRequest) -> Reply:
         headers = {"x-llm-provider": backend.name, "x-llm-upstream-model": target.model}
         if wire.dropped:
             headers["x-llm-dropped-params"] = ",".join(wire.dropped)
         call.response_headers.update(headers)
         t = backend.config.timeouts
+        first_byte_limit = target.ttft_timeout or t.first_byte
         loop = asyncio.get_running_loop()
         deadline = call.started + t.total
-        first_byte = max(0.0, min(t.first_byte, deadline - loop.time()))
+        if deadline - loop.time() <= 0:
+            raise UpstreamTimeout("the request's overall deadline passed", retryable=False)
         try:
-            async with asyncio.timeout(first_byte):
+            async with asyncio.timeout(max(0.0, min(first_byte_limit, deadline - loop.time()))):
                 resp = await backend.transport.send(wire)
         except TimeoutError:
-            raise UpstreamTimeout(f"provider '{backend.name}' sent no response within {t.first_byte:g}s") from None
+            raise UpstreamTimeout(f"provider '{backend.name}' sent no response within "
+                                  f"{first_byte_limit:g}s") from None
         if resp.status >= 400:
             body = await read_with_timeout(resp, t.idle, backend.name)
             raise backend.provider.error_from_wire(resp.status, body, resp.headers)
@@ -74,11 +173,12 @@ class Router:
         translator = backend.provider.new_stream(call, target)
         chunks = resp.iter_chunks().__aiter__()
         try:
-            async with asyncio.timeout(max(0.0, min(t.first_byte, deadline - loop.time()))):
+            async with asyncio.timeout(max(0.0, min(first_byte_limit, deadline - loop.time()))):
                 first = await anext(chunks)
         except TimeoutError:
             resp.release()
-            raise UpstreamTimeout(f"provider '{backend.name}' sent no first chunk within {t.first_byte:g}s") from None
+            raise UpstreamTimeout(f"provider '{backend.name}' sent no first chunk within "
+                                  f"{first_byte_limit:g}s") from None
         except StopAsyncIteration:
             resp.release()
             raise UpstreamError(f"provider '{backend.name}' closed the stream before sending anything") from None

@@ -12,7 +12,7 @@ from aiohttp import web
 
 class FakeOpenAI:
     """`mode` picks the behaviour of the next requests:
-    ok | error500 | error400 | error429 | reset_midstream | slow_first_byte | no_done | garbage."""
+    ok | error500 | error400 | error429 | reset | reset_midstream | slow_first_byte | no_done | garbage."""
 
     def __init__(self) -> None:
         self.mode = "ok"
@@ -51,14 +51,26 @@ class FakeOpenAI:
             return web.json_response({"error": {"message": "Invalid value for 'temperature'.",
                                                 "type": "invalid_request_error", "param": "temperature",
                                                 "code": "invalid_value"}}, status=400)
+        if mode == "context_length":
+            return web.json_response({"error": {"message": "This model's maximum context length is 8000 tokens.",
+                                                "type": "invalid_request_error", "param": "messages",
+                                                "code": "context_length_exceeded"}}, status=400)
         if mode == "error429":
             return web.json_response({"error": {"message": "Rate limit reached", "type": "requests",
                                                 "param": None, "code": "rate_limit_exceeded"}},
                                      status=429, headers={"retry-after": "1"})
+        if mode == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
         if mode == "garbage":
             return web.Response(body=b"<html>oops</html>", status=200, content_type="text/html")
         if mode == "slow_first_byte":
-            await asyncio.sleep(self.delay or 5)
+            try:
+                await asyncio.sleep(self.delay or 5)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         words = self.reply.split(" ")
         usage = {"prompt_tokens": 11, "completion_tokens": len(words), "total_tokens": 11 + len(words)}
         created = int(time.time())

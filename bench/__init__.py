@@ -1,0 +1,1 @@
+"""`make bench`: fake upstream, bare relay, load generator, report."""

@@ -1,0 +1,187 @@
+"""`make bench`: one run, three paths to the same fake upstream, same load generator.
+
+direct  -> the fake upstream itself
+relay   -> a bare aiohttp relay of a few lines (the stack's own limit)
+proxy   -> llm-service with the master key, model routed to the fake upstream
+
+Reports requests/s and p50/p99 per scenario, the proxy's added p50 and its share of the relay's
+throughput, time to first byte for streams, and the proxy's peak RSS. Writes bench/results.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from bench.load import run_load
+
+HERE = Path(__file__).parent
+SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
+MASTER = "sk-bench-master"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port}")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def proxy_config(upstream_port: int, port: int, extra: str = "") -> str:
+    return f"""
+server: {{host: 127.0.0.1, port: {port}, master_key: "{MASTER}", log_level: warning}}
+providers:
+  up: {{type: openai, base_url: "http://127.0.0.1:{upstream_port}/v1", api_key: "sk-upstream"}}
+  dead: {{type: openai, base_url: "http://127.0.0.1:9/v1"}}
+models:
+  - name: bench
+    targets: [{{provider: up, model: bench}}]
+  - name: fallback                      # primary refuses connections; the breaker opens after 5 failures
+    targets: [{{provider: dead, model: x}}, {{provider: up, model: bench}}]
+  - name: deadonly
+    targets: [{{provider: dead, model: x}}]
+routing: {{retries: 0}}
+{extra}"""
+
+
+def spawn(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            cwd=HERE.parent)
+
+
+async def scenarios(urls: dict[str, str]) -> dict[str, dict]:
+    headers = {"Authorization": f"Bearer {MASTER}", "Content-Type": "application/json"}
+    msg = [{"role": "user", "content": "Benchmark prompt: say a few words."}]
+    plain = orjson.dumps({"model": "bench", "messages": msg})
+    stream = orjson.dumps({"model": "bench", "messages": msg, "stream": True})
+    out: dict[str, dict] = {}
+    plan = [("nonstream_c1", plain, 1, False), ("nonstream_c32", plain, 32, False),
+            ("stream_c1", stream, 1, True), ("stream_c32", stream, 32, True)]
+    for name, body, conc, is_stream in plan:
+        out[name] = {}
+        for path, url in urls.items():
+            res = await run_load(url, body, headers, conc, SECONDS, is_stream)
+            out[name][path] = res.summary()
+            print(f"  {name:14s} {path:7s} {res.summary()}", flush=True)
+    out["breaker"] = await breaker_scenario(urls["proxy"], headers, msg)
+    return out
+
+
+async def breaker_scenario(url: str, headers: dict[str, str], msg: list) -> dict:
+    """Issue 9: once the primary's breaker is open, fallbacks cost (almost) nothing extra, and a model
+    whose only target is dead answers 503 at once."""
+    body = lambda m: orjson.dumps({"model": m, "messages": msg})  # noqa: E731
+    out = {}
+    for model, expect in (("bench", 200), ("fallback", 200), ("deadonly", 503)):
+        # warm-up of 1 s trips the breaker (5 consecutive refusals) before anything is recorded
+        res = await run_load(url, body(model), headers, 1, SECONDS, False, warmup=1.0, expect=expect)
+        out[model] = res.summary()
+        print(f"  breaker_c1     {model:9s} {res.summary()}", flush=True)
+    return out
+
+
+def report(results: dict) -> None:
+    s = dict(results["scenarios"])
+    b = s.pop("breaker", None)
+    print("\n| scenario | direct rps | relay rps | proxy rps | proxy/relay | direct p50 ms | proxy p50 ms | "
+          "added p50 ms | proxy p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, row in s.items():
+        d, r, p = row["direct"], row["relay"], row["proxy"]
+        print(f"| {name} | {d['rps']} | {r['rps']} | {p['rps']} | {p['rps'] / r['rps']:.0%} | {d['p50_ms']} | "
+              f"{p['p50_ms']} | {p['p50_ms'] - d['p50_ms']:.3f} | {p['p99_ms']} |")
+    if b:
+        print(f"breaker open: fallback p50/p99 {b['fallback']['p50_ms']}/{b['fallback']['p99_ms']} ms vs healthy "
+              f"{b['bench']['p50_ms']}/{b['bench']['p99_ms']} ms (p99 delta "
+              f"{b['fallback']['p99_ms'] - b['bench']['p99_ms']:.3f} ms); tripped breaker answers 503 in "
+              f"p50/p99 {b['deadonly']['p50_ms']}/{b['deadonly']['p99_ms']} ms")
+    for name in ("stream_c1", "stream_c32"):
+        row = s[name]
+        print(f"{name}: ttfb p50 direct {row['direct'].get('ttfb_p50_ms')} ms, relay "
+              f"{row['relay'].get('ttfb_p50_ms')} ms, proxy {row['proxy'].get('ttfb_p50_ms')} ms")
+    print(f"proxy peak RSS: {results['proxy_peak_rss_mb']:.1f} MB")
+    for k, v in results.get("extra", {}).items():
+        print(f"{k}: {v}")
+
+
+def extras() -> dict:
+    """Stage-level micro benchmarks that other parts of the gateway contribute (bench/*_bench.py run())."""
+    out: dict = {}
+    for path in sorted(HERE.glob("*_bench.py")):
+        mod = importlib.import_module(f"bench.{path.stem}")
+        if hasattr(mod, "run"):
+            print(f"running {path.stem} ...", flush=True)
+            try:
+                out[path.stem] = mod.run()
+            except Exception as e:     # one broken micro-bench must not hide the main figures
+                out[path.stem] = {"error": f"{type(e).__name__}: {e}"}
+    return out
+
+
+def main() -> None:
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    t0 = time.time()
+    up_port, relay_port, proxy_port = free_port(), free_port(), free_port()
+    procs = [spawn(["-m", "bench.fake_upstream", str(up_port)])]
+    wait_port(up_port)
+    upstream_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+    procs.append(spawn(["-m", "bench.bare_relay", str(relay_port), upstream_url]))
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(proxy_config(up_port, proxy_port))
+    proxy = spawn(["-m", "proxy", "serve", "--config", f.name])
+    procs.append(proxy)
+    try:
+        wait_port(relay_port)
+        wait_port(proxy_port)
+        urls = {"direct": upstream_url,
+                "relay": f"http://127.0.0.1:{relay_port}/v1/chat/completions",
+                "proxy": f"http://127.0.0.1:{proxy_port}/v1/chat/completions"}
+        print(f"bench: {SECONDS:g}s per scenario, one run, same load generator for all paths", flush=True)
+        results = {"seconds_per_scenario": SECONDS, "scenarios": asyncio.run(scenarios(urls)),
+                   "proxy_peak_rss_mb": peak_rss_mb(proxy.pid)}
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(5)
+        os.unlink(f.name)
+    results["extra"] = extras()
+    results["wall_seconds"] = round(time.time() - t0, 1)
+    (HERE / "results.json").write_text(json.dumps(results, indent=2))
+    report(results)
+    print(f"\nwrote bench/results.json in {results['wall_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""GET /admin/providers: breaker state, in-flight, latency and health of every provider and target."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.api.parse import credential_from
+from proxy.errors import Forbidden
+from proxy.gateway import GATEWAY
+
+
+async def providers(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    key = await gw.auth.authenticate(credential_from(request.headers))
+    if not key.is_master:
+        raise Forbidden("The admin API needs the master key.")
+    snap = gw.router.health.snapshot()
+    data = []
+    for name, b in gw.backends.items():
+        prov = snap["providers"].get(name)
+        data.append({
+            "name": name, "type": b.config.type,
+            "health": None if prov is None else prov,
+            "targets": {k: v for k, v in snap["targets"].items() if k.startswith(name + "/")},
+        })
+    return web.json_response({"object": "list", "data": data, "accepting": gw.accepting,
+                              "inflight": gw.inflight})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/admin/providers", providers)

@@ -1,0 +1,139 @@
+"""Versioned schema migrations, one list for SQLite and PostgreSQL.
+
+To change the schema, append one `Step` to `STEPS` with the next version number; never edit a step that
+has shipped. Statements are plain SQL valid on both databases; `SERIAL_PK` expands to each dialect's
+auto-increment primary key. Where the dialects really differ, give `sqlite=`/`postgresql=` instead of `sql=`.
+Applied versions are recorded in `schema_version`; each backend runs pending steps in one transaction
+under a lock (SQLite `BEGIN IMMEDIATE`, PostgreSQL advisory lock), so replicas starting together are safe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_VERSION_DDL = ("CREATE TABLE IF NOT EXISTS schema_version ("
+                      "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
+
+_TOKENS = {
+    "sqlite": {"SERIAL_PK": "INTEGER PRIMARY KEY AUTOINCREMENT"},
+    "postgresql": {"SERIAL_PK": "BIGSERIAL PRIMARY KEY"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    version: int
+    name: str
+    sql: tuple[str, ...] = ()
+    sqlite: tuple[str, ...] | None = None
+    postgresql: tuple[str, ...] | None = None
+
+    def statements(self, dialect: str) -> tuple[str, ...]:
+        own = getattr(self, dialect)
+        stmts = own if own is not None else self.sql
+        out = []
+        for s in stmts:
+            for token, value in _TOKENS[dialect].items():
+                s = s.replace(token, value)
+            out.append(s)
+        return tuple(out)
+
+
+STEPS: list[Step] = [
+    Step(1, "virtual keys and audit log", sql=(
+        """CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            key_hash TEXT NOT NULL UNIQUE,
+            key_prefix TEXT NOT NULL,
+            name TEXT NOT NULL DEFAULT '',
+            models TEXT,
+            rpm INTEGER,
+            tpm BIGINT,
+            max_concurrency INTEGER,
+            budget_id TEXT,
+            source_id TEXT,
+            source_type TEXT,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            expires_at DOUBLE PRECISION,
+            disabled INTEGER NOT NULL DEFAULT 0,
+            revoked_at DOUBLE PRECISION,
+            prev_hash TEXT,
+            prev_expires_at DOUBLE PRECISION,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX api_keys_prev_hash ON api_keys (prev_hash)",
+        "CREATE INDEX api_keys_budget ON api_keys (budget_id)",
+        """CREATE TABLE audit_log (
+            id SERIAL_PK,
+            ts DOUBLE PRECISION NOT NULL,
+            action TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            target TEXT,
+            ip TEXT,
+            detail TEXT NOT NULL DEFAULT '{}')""",
+        "CREATE INDEX audit_log_ts ON audit_log (ts)",
+        "CREATE INDEX audit_log_action ON audit_log (action, id)",
+        "CREATE INDEX audit_log_actor ON audit_log (actor, id)",
+    )),
+    Step(2, "usage events and budgets", sql=(
+        """CREATE TABLE usage_events (
+            id SERIAL_PK,
+            request_id TEXT NOT NULL UNIQUE,
+            ts DOUBLE PRECISION NOT NULL,
+            day TEXT NOT NULL,
+            source_type TEXT,
+            source_id TEXT,
+            team TEXT,
+            request_type TEXT NOT NULL,
+            model TEXT NOT NULL,
+            provider TEXT,
+            upstream_model TEXT,
+            key_id TEXT,
+            budget_id TEXT,
+            prompt_tokens BIGINT NOT NULL DEFAULT 0,
+            completion_tokens BIGINT NOT NULL DEFAULT 0,
+            cached_tokens BIGINT NOT NULL DEFAULT 0,
+            cost_nanos BIGINT,
+            saved_nanos BIGINT NOT NULL DEFAULT 0,
+            is_async INTEGER NOT NULL DEFAULT 0,
+            cached INTEGER NOT NULL DEFAULT 0,
+            batch_id TEXT,
+            stream INTEGER NOT NULL DEFAULT 0,
+            status INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            latency_ms DOUBLE PRECISION NOT NULL DEFAULT 0,
+            ttft_ms DOUBLE PRECISION,
+            estimated INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE INDEX usage_events_ts ON usage_events (ts)",
+        "CREATE INDEX usage_events_key ON usage_events (key_id, id)",
+        "CREATE INDEX usage_events_budget ON usage_events (budget_id, ts)",
+        "CREATE INDEX usage_events_source ON usage_events (source_id, ts)",
+        "CREATE INDEX usage_events_model ON usage_events (model, ts)",
+        """CREATE TABLE budgets (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL DEFAULT '',
+            amount_nanos BIGINT NOT NULL,
+            period TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            hard INTEGER NOT NULL DEFAULT 1,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL)""",
+    )),
+]
+
+
+def check_steps(steps: list[Step]) -> None:
+    """Versions must be 1, 2, 3, ...: a gap or a duplicate is a programming error, caught at start-up."""
+    for i, step in enumerate(steps, start=1):
+        if step.version != i:
+            raise RuntimeError(f"migration {step.name!r} has version {step.version}, expected {i}")
+
+
+def pending(applied: set[int], dialect: str, steps: list[Step] | None = None) -> list[tuple[Step, tuple[str, ...]]]:
+    steps = STEPS if steps is None else steps
+    check_steps(steps)
+    return [(s, s.statements(dialect)) for s in steps if s.version not in applied]
+
+
+def latest_version() -> int:
+    return STEPS[-1].version if STEPS else 0

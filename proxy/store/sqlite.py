@@ -1,0 +1,95 @@
+"""SQLite ledger (aiosqlite): the embedded default. WAL mode and a busy timeout let several proxy
+processes on one host share one file; writes are short single statements, so they rarely wait."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from proxy.store import migrations
+from proxy.store.sqlbase import SQLLedger
+
+BUSY_TIMEOUT_MS = 5000
+
+
+def sqlite_path(url: str) -> str:
+    """`sqlite:///rel.db` -> `rel.db`, `sqlite:////abs.db` -> `/abs.db`, `sqlite://:memory:` -> `:memory:`."""
+    rest = url.removeprefix("sqlite://")
+    if rest in (":memory:", "/:memory:"):
+        return ":memory:"
+    if not rest.startswith("/") or rest == "/":
+        raise ValueError("storage.database: expected sqlite:///relative/path.db, sqlite:////abs/path.db "
+                         "or sqlite://:memory:")
+    return rest[1:]
+
+
+class SQLiteLedger(SQLLedger):
+    dialect = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        self.path = sqlite_path(url)
+        self._db: aiosqlite.Connection | None = None
+        self._write = asyncio.Lock()      # one connection: a transaction must not interleave with writes
+
+    async def connect(self) -> None:
+        if self._db is not None:
+            return
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if self.path != ":memory:":
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+        self._db = db
+        await self.migrate()
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("ledger is not connected")
+        return self._db
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        async with self._write:
+            await self.db.execute(sql, args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        async with self.db.execute(sql, args) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
+
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        db = self.db
+        async with self._write:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.executemany(sql, rows)
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+
+    async def migrate(self) -> None:
+        db = self.db
+        await db.execute(migrations.SCHEMA_VERSION_DDL)
+        await db.execute("BEGIN IMMEDIATE")          # one migrator at a time across processes
+        try:
+            applied = {r[0] for r in await self.fetch("SELECT version FROM schema_version")}
+            for step, stmts in migrations.pending(applied, self.dialect):
+                for s in stmts:
+                    await db.execute(s)
+                await db.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                                 (step.version, step.name, time.time()))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise

@@ -1,0 +1,213 @@
+"""Usage events in the ledger: the row, the batched writer, and the queries behind /v1/usage.
+
+One row per request, keyed by request id (unique: a replayed write is ignored, so flushing twice or
+retrying a batch never double-counts). Money is integer nano-dollars; `cost_nanos` NULL means unpriced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import msgspec
+
+from proxy.store import Ledger
+
+log = logging.getLogger("proxy.usage")
+
+
+class UsageEvent(msgspec.Struct, kw_only=True):
+    """The seed's Usage Event Schema, flattened into columns, plus what operations need."""
+
+    request_id: str
+    ts: float                                # unix seconds, when the call finished
+    day: str                                 # UTC date of ts (YYYY-MM-DD), for per-day summaries
+    source_type: str | None = None           # "application" | "service"
+    source_id: str | None = None
+    team: str | None = None
+    request_type: str = "chat.completions"   # or "embeddings"
+    model: str = ""                          # the model the client asked for
+    provider: str | None = None              # the provider that answered (or the cached answer's)
+    upstream_model: str | None = None
+    key_id: str | None = None
+    budget_id: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0                   # prompt tokens read from the provider's prompt cache
+    cost_nanos: int | None = None            # None: unpriced
+    saved_nanos: int = 0                     # a response-cache hit: what the call would have cost
+    is_async: bool = False
+    cached: bool = False                     # served from the response cache
+    batch_id: str | None = None
+    stream: bool = False
+    status: int = 0
+    error: str | None = None
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    estimated: bool = False                  # tokens counted by us, not reported by the provider
+    id: int | None = None
+
+
+COLS = tuple(f for f in UsageEvent.__struct_fields__ if f != "id")
+_BOOLS = frozenset({"is_async", "cached", "stream", "estimated"})
+INSERT = (f"INSERT INTO usage_events ({', '.join(COLS)}) VALUES ({', '.join('?' * len(COLS))}) "
+          "ON CONFLICT (request_id) DO NOTHING")
+SELECT_COLS = ("id", *COLS)
+
+
+def to_row(e: UsageEvent) -> tuple[Any, ...]:
+    return tuple((1 if getattr(e, c) else 0) if c in _BOOLS else getattr(e, c) for c in COLS)
+
+
+def from_row(row: tuple[Any, ...]) -> UsageEvent:
+    d = dict(zip(SELECT_COLS, row, strict=True))
+    for c in _BOOLS:
+        d[c] = bool(d[c])
+    for c in ("prompt_tokens", "completion_tokens", "cached_tokens", "saved_nanos"):
+        d[c] = int(d[c] or 0)
+    if d["cost_nanos"] is not None:
+        d["cost_nanos"] = int(d["cost_nanos"])
+    return UsageEvent(**d)
+
+
+class UsageQuery(msgspec.Struct, kw_only=True):
+    request_id: str | None = None
+    key_id: str | None = None
+    source_id: str | None = None
+    model: str | None = None
+    budget_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+    before_id: int | None = None             # cursor: newest first
+    limit: int = 100
+
+
+def _where(q: UsageQuery) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    for col, op, value in (("request_id", "=", q.request_id), ("key_id", "=", q.key_id),
+                           ("source_id", "=", q.source_id), ("model", "=", q.model),
+                           ("budget_id", "=", q.budget_id), ("ts", ">=", q.since), ("ts", "<", q.until),
+                           ("id", "<", q.before_id)):
+        if value is not None:
+            where.append(f"{col} {op} ?")
+            args.append(float(value) if col == "ts" else value)
+    return (" WHERE " + " AND ".join(where)) if where else "", args
+
+
+async def list_usage(ledger: Ledger, q: UsageQuery) -> list[UsageEvent]:
+    where, args = _where(q)
+    sql = f"SELECT {', '.join(SELECT_COLS)} FROM usage_events{where} ORDER BY id DESC LIMIT ?"
+    return [from_row(r) for r in await ledger.fetch(sql, *args, int(q.limit))]
+
+
+GROUPS = {"model": "model", "source": "source_id", "key": "key_id", "day": "day", "budget": "budget_id",
+          "provider": "provider"}
+
+
+async def summarize(ledger: Ledger, q: UsageQuery, group_by: str) -> list[dict[str, Any]]:
+    col = GROUPS[group_by]
+    q = msgspec.structs.replace(q, before_id=None)
+    where, args = _where(q)
+    sql = (f"SELECT {col}, COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "
+           "COALESCE(SUM(cost_nanos), 0), COALESCE(SUM(saved_nanos), 0), "
+           "SUM(CASE WHEN cached = 1 THEN 1 ELSE 0 END), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), "
+           "SUM(CASE WHEN cost_nanos IS NULL THEN 1 ELSE 0 END), SUM(CASE WHEN estimated = 1 THEN 1 ELSE 0 END) "
+           f"FROM usage_events{where} GROUP BY {col} ORDER BY {col}")
+    out = []
+    for r in await ledger.fetch(sql, *args):
+        out.append({"group": r[0], "requests": int(r[1]), "prompt_tokens": int(r[2]),
+                    "completion_tokens": int(r[3]), "cost_nanos": int(r[4]), "saved_nanos": int(r[5]),
+                    "cache_hits": int(r[6] or 0), "errors": int(r[7] or 0), "unpriced": int(r[8] or 0),
+                    "estimated": int(r[9] or 0)})
+    return out
+
+
+async def spent_since(ledger: Ledger, budget_id: str, since: float, scope_col: str | None,
+                      scope_value: str | None) -> int:
+    """Summed cost of one budget's events since `since` (optionally one key/source/team): seeds counters."""
+    sql = "SELECT COALESCE(SUM(cost_nanos), 0) FROM usage_events WHERE budget_id = ? AND ts >= ?"
+    args: list[Any] = [budget_id, float(since)]
+    if scope_col is not None:
+        sql += f" AND {scope_col} = ?"
+        args.append(scope_value)
+    rows = await ledger.fetch(sql, *args)
+    return int(rows[0][0] or 0)
+
+
+class UsageWriter:
+    """Bounded in-memory queue -> one multi-row insert every `interval` seconds or `batch` events.
+
+    `add` never awaits. A failed write keeps the events and retries (with a growing pause), so a ledger
+    outage loses nothing until `max_queue` overflows (then the oldest are dropped and counted).
+    """
+
+    def __init__(self, ledger: Ledger, *, interval: float = 0.2, batch: int = 500,
+                 max_queue: int = 100_000) -> None:
+        self.ledger, self.interval, self.batch, self.max_queue = ledger, interval, batch, max_queue
+        self._queue: list[UsageEvent] = []
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.written = 0
+        self.dropped = 0
+        self.failures = 0
+
+    def add(self, event: UsageEvent) -> None:
+        q = self._queue
+        if len(q) >= self.max_queue:
+            q.pop(0)
+            self.dropped += 1
+        q.append(event)
+        if len(q) >= self.batch:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def flush(self) -> None:
+        """Write everything queued now. Raises if the ledger refuses (the events stay queued)."""
+        async with self._lock:
+            while self._queue:
+                batch = self._queue[: self.batch]
+                await self.ledger.executemany(INSERT, [to_row(e) for e in batch])
+                del self._queue[: len(batch)]
+                self.written += len(batch)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="usage-writer")
+
+    async def _run(self) -> None:
+        pause = self.interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), pause)
+            self._wake.clear()
+            try:
+                await self.flush()
+                pause = self.interval
+            except Exception as e:
+                self.failures += 1
+                pause = min(5.0, pause * 2)
+                log.error("usage write failed (%d events waiting, retry in %.1fs): %s", self.pending, pause,
+                          type(e).__name__)
+
+    async def close(self) -> None:
+        """Stop the loop, then write what is left (graceful shutdown loses no event)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            self._task = None
+        for attempt in range(3):
+            try:
+                await self.flush()
+                return
+            except Exception as e:
+                log.error("usage flush at shutdown failed (try %d, %d events): %s", attempt + 1, self.pending,
+                          type(e).__name__)
+                await asyncio.sleep(0.2)

@@ -1,0 +1,101 @@
+"""What telemetry reads off a finished ChatCall, in one place.
+
+Cost, cache status and finish reasons are added to the call by other stages (cost, cache) or may be
+absent; every reader here is defensive so traces, metrics and logs keep working whichever stages exist.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from proxy.context import ChatCall
+
+# gen_ai.operation.name for each endpoint (OpenTelemetry GenAI semantic conventions).
+OPERATIONS = {"chat.completions": "chat", "embeddings": "embeddings", "completions": "text_completion"}
+# gen_ai.provider.name well-known values, by our provider `type`.
+PROVIDER_NAMES = {"bedrock": "aws.bedrock", "gemini": "gcp.gemini", "vertex": "gcp.vertex_ai",
+                  "azure": "azure.ai.openai", "mistral": "mistral_ai"}
+
+_FINISH = re.compile(rb'"finish_reason"\s*:\s*"([^"]{1,64})"')
+_MODEL = re.compile(rb'"model"\s*:\s*"([^"]{1,200})"')
+# Error codes of the stages that reject before a provider is called.
+REJECTIONS = {"rate_limit_exceeded": "rate_limit", "insufficient_quota": "budget", "budget_exceeded": "budget"}
+
+
+def operation(call: ChatCall) -> str:
+    return OPERATIONS.get(call.endpoint, call.endpoint)
+
+
+def provider_name(ptype: str) -> str:
+    return PROVIDER_NAMES.get(ptype, ptype)
+
+
+def provider_of(call: ChatCall) -> str:
+    """The configured provider name of the target that answered (or was tried last); "" if none."""
+    t = call.target
+    return str(getattr(t, "provider", "") or "") if t is not None else ""
+
+
+def upstream_model(call: ChatCall) -> str:
+    t = call.target
+    return str(getattr(t, "model", "") or "") if t is not None else ""
+
+
+def key_id(call: ChatCall) -> str | None:
+    k = call.key
+    kid = getattr(k, "id", None) if k is not None else None
+    return str(kid) if kid is not None else None
+
+
+def status(call: ChatCall) -> int:
+    """The status the client saw; 500 when the call ended without one (an unexpected error)."""
+    return call.status or 500
+
+
+def cost(call: ChatCall) -> float | None:
+    for v in (getattr(call, "cost", None), call.extras.get("cost"), call.response_headers.get("x-llm-cost")):
+        if v is None or v == "":
+            continue
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def cache_status(call: ChatCall) -> str | None:
+    for v in (getattr(call, "cache_status", None), call.extras.get("cache"),
+              call.response_headers.get("x-llm-cache")):
+        if isinstance(v, str) and v:
+            return v.lower()
+    return None
+
+
+def error_code(call: ChatCall) -> str | None:
+    code = call.extras.get("error_code")
+    if isinstance(code, str):
+        return code
+    return "error" if call.error else None
+
+
+def ttft_seconds(call: ChatCall) -> float | None:
+    return call.first_byte_at - call.started if call.first_byte_at is not None else None
+
+
+def scan_finish_reasons(data: bytes, into: list[str]) -> None:
+    """Finish reasons from OpenAI JSON or SSE bytes, by a byte scan (no JSON parse on the hot path)."""
+    for m in _FINISH.finditer(data):
+        reason = m.group(1).decode("utf-8", "replace")
+        if reason not in into:
+            into.append(reason)
+
+
+def scan_model(data: bytes) -> str | None:
+    m = _MODEL.search(data)
+    return m.group(1).decode("utf-8", "replace") if m else None
+
+
+def finish_reasons(call: ChatCall) -> list[str]:
+    v: Any = call.extras.get("finish_reasons")
+    return [str(x) for x in v] if isinstance(v, list | tuple) else []

@@ -1,0 +1,64 @@
+"""The pipeline runs without HTTP: stages wrap a ChatCall, as GraphQL, WebSocket and batch ingress will."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from proxy.api.parse import chat_call
+from proxy.app import build_gateway
+from proxy.context import ChatCall, Reply
+from proxy.errors import Unauthorized
+from proxy.pipeline import Handler, compose
+from tests.conftest import MASTER, make_config
+
+
+async def test_pipeline_without_http_plain_and_stream():
+    gw = build_gateway(make_config())
+    try:
+        call = chat_call({"model": "mock", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+                         {"Authorization": f"Bearer {MASTER}"}, ingress="test")
+        reply = await gw.pipeline(call)
+        assert orjson.loads(reply.body)["usage"]["completion_tokens"] == 3
+        assert call.usage is not None and call.usage.completion_tokens == 3
+        call = chat_call({"model": "mock", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+                         {"x-api-key": MASTER})
+        reply = await gw.pipeline(call)
+        assert reply.chunks is not None
+        data = b"".join([c async for c in reply.chunks])
+        assert data.endswith(b"data: [DONE]\n\n")
+        assert call.usage is not None and call.usage.completion_tokens == 16   # set after the last byte
+    finally:
+        for b in gw.backends.values():
+            await b.transport.close()
+
+
+async def test_rejected_call_never_reaches_later_stages():
+    gw = build_gateway(make_config())
+    call = chat_call({"model": "mock", "messages": [{"role": "user", "content": "x"}]}, {"api-key": "nope"})
+    with pytest.raises(Unauthorized):
+        await gw.pipeline(call)
+    assert call.attempts == 0 and call.target is None
+
+
+async def test_compose_order_and_finalisers():
+    seen: list[str] = []
+
+    class Tag:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def __call__(self, call: ChatCall, next: Handler) -> Reply:
+            seen.append(self.name)
+            call.on_finish(lambda c: seen.append("finish:" + self.name))
+            return await next(call)
+
+    async def endpoint(call: ChatCall) -> Reply:
+        seen.append("router")
+        return Reply(body=b"{}")
+
+    handler = compose([Tag("auth"), Tag("limit"), Tag("cache")], endpoint)
+    call = ChatCall(body={}, model="m", stream=False)
+    await handler(call)
+    await call.finish()
+    assert seen == ["auth", "limit", "cache", "router", "finish:cache", "finish:limit", "finish:auth"]

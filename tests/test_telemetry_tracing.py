@@ -1,0 +1,200 @@
+"""Traces end to end: proxy -> fake OTLP/HTTP collector decoding the real protobuf; traceparent upstream."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import openai
+import orjson
+import pytest
+
+from proxy.config import TracingConfig
+from proxy.gateway import GATEWAY
+from proxy.telemetry.tracing import make_exporter, resolve
+from tests.conftest import MASTER, make_config, openai_provider
+from tests.fakes.otlp_receiver import OTLPReceiver
+
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_PARENT = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"
+SECRET_PROMPT = "my very private prompt 12345"
+
+
+@pytest.fixture
+async def receiver(aiohttp_server) -> OTLPReceiver:
+    r = OTLPReceiver()
+    r.server = await aiohttp_server(r.app)
+    return r
+
+
+def traced_config(receiver: OTLPReceiver, fake, record_content: bool = False, retries: int = 0):
+    return make_config(
+        providers={"up": openai_provider(fake), "dead": {"type": "openai", "base_url": "http://127.0.0.1:9/v1",
+                                                          "api_key": "sk-dead-secret", "timeouts": {"connect": 1}},
+                   "local": {"type": "mock"}},
+        models=[{"name": "gpt", "targets": [{"provider": "up", "model": "gpt-4o-mini"}]},
+                {"name": "fb", "targets": [{"provider": "dead", "model": "gpt-4o-mini"},
+                                           {"provider": "up", "model": "gpt-4o-mini"}]},
+                {"name": "mock", "targets": [{"provider": "local", "model": "mock"}]}],
+        routing={"retries": retries},
+        telemetry={"tracing": {"endpoint": str(receiver.server.make_url("/")).rstrip("/"),
+                               "service_name": "llm-test", "record_content": record_content}},
+    )
+
+
+async def flush(server) -> None:
+    tracing = server.app[GATEWAY].telemetry.tracing
+    assert await tracing.flush(), "span export did not finish"
+
+
+def client(server) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key=MASTER, max_retries=0)
+
+
+async def test_streamed_request_trace_spans_parents_and_genai_attributes(start_proxy, fake_openai, receiver):
+    server = await start_proxy(traced_config(receiver, fake_openai))
+    stream = await client(server).chat.completions.create(
+        model="gpt", stream=True, messages=[{"role": "user", "content": SECRET_PROMPT}],
+        extra_headers={"traceparent": TRACEPARENT})
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == fake_openai.reply
+    await flush(server)
+
+    spans = receiver.by_trace(CLIENT_TRACE)             # the client's trace id is kept
+    names = sorted(s.name for s in spans)
+    assert names == sorted(["chat gpt", "pipeline.auth", "pipeline.validate", "pipeline.cache",
+                            "chat gpt-4o-mini"]), names
+    root = next(s for s in spans if s.kind == "SERVER")
+    assert root.parent_span_id == CLIENT_PARENT          # child of the client's span
+    assert root.resource["service.name"] == "llm-test"
+    for s in spans:
+        if s is not root:
+            assert s.parent_span_id == root.span_id, s.name
+    a = root.attributes
+    assert a["gen_ai.operation.name"] == "chat"
+    assert a["gen_ai.request.model"] == "gpt"
+    assert a["gen_ai.provider.name"] == "openai"
+    assert a["gen_ai.response.model"] == "gpt-4o-mini"
+    assert a["gen_ai.usage.input_tokens"] == 11
+    assert a["gen_ai.usage.output_tokens"] == len(fake_openai.reply.split())
+    assert a["gen_ai.response.finish_reasons"] == ["stop"]
+    assert 0 < a["gen_ai.response.time_to_first_chunk"] < 5
+    assert a["gen_ai.request.stream"] is True
+    assert a["http.response.status_code"] == 200
+    assert a["llm_service.key_id"] == "master"
+    assert a["llm_service.cache"] in ("miss", "bypass")
+    assert root.status_code == 0
+
+    attempt = next(s for s in spans if s.kind == "CLIENT")
+    assert attempt.attributes["gen_ai.provider.name"] == "openai"
+    assert attempt.attributes["llm_service.provider"] == "up"
+    assert attempt.attributes["gen_ai.usage.output_tokens"] == len(fake_openai.reply.split())
+    # The stream's spans end after its last byte, the attempt inside the request.
+    assert root.start_ns <= attempt.start_ns <= attempt.end_ns <= root.end_ns
+    # W3C context went upstream naming the attempt span; the provider's shared headers stayed clean.
+    sent = fake_openai.headers[-1]
+    assert sent["traceparent"] == f"00-{CLIENT_TRACE}-{attempt.span_id}-01"
+    backend = server.app[GATEWAY].backends["up"]
+    assert "traceparent" not in backend.provider.headers
+    # Prompts and completions are not recorded unless configured.
+    blob = orjson.dumps([s.attributes for s in receiver.spans]).decode()
+    assert SECRET_PROMPT not in blob and fake_openai.reply not in blob and MASTER not in blob
+
+
+async def test_fallback_shows_two_attempt_spans(start_proxy, fake_openai, receiver):
+    server = await start_proxy(traced_config(receiver, fake_openai))
+    reply = await client(server).chat.completions.create(
+        model="fb", messages=[{"role": "user", "content": "hi"}], extra_headers={"traceparent": TRACEPARENT})
+    assert reply.choices[0].message.content == fake_openai.reply
+    await flush(server)
+    spans = receiver.by_trace(CLIENT_TRACE)
+    root = next(s for s in spans if s.kind == "SERVER")
+    attempts = sorted((s for s in spans if s.kind == "CLIENT"), key=lambda s: s.start_ns)
+    assert [s.attributes["llm_service.provider"] for s in attempts] == ["dead", "up"]
+    assert [s.attributes["llm_service.attempt"] for s in attempts] == [1, 2]
+    assert all(s.parent_span_id == root.span_id for s in attempts)
+    assert attempts[0].status_code == 2 and attempts[0].attributes["error.type"] == "upstream_error"
+    assert attempts[1].status_code == 0
+    assert root.attributes["llm_service.attempts"] == 2
+    assert root.attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    assert fake_openai.headers[-1]["traceparent"].split("-")[2] == attempts[1].span_id
+
+
+async def test_retries_on_the_same_target_each_get_a_span(start_proxy, fake_openai, receiver):
+    server = await start_proxy(traced_config(receiver, fake_openai, retries=1))
+    await client(server).chat.completions.create(model="fb", messages=[{"role": "user", "content": "hi"}])
+    await flush(server)
+    attempts = [s for s in receiver.spans if s.kind == "CLIENT"]
+    assert sorted(s.attributes["llm_service.provider"] for s in attempts) == ["dead", "dead", "up"]
+    assert len({s.trace_id for s in receiver.spans}) == 1      # a fresh trace when the client sent none
+
+
+async def test_rejected_request_marks_the_stage_span(start_proxy, fake_openai, receiver):
+    server = await start_proxy(traced_config(receiver, fake_openai))
+    async with aiohttp.ClientSession() as s, s.post(server.make_url("/v1/chat/completions"),
+                                                    json={"model": "gpt", "messages": [{"role": "user",
+                                                                                        "content": "x"}]},
+                                                    headers={"Authorization": "Bearer sk-wrong-key-123"}) as r:
+        assert r.status == 401
+    await flush(server)
+    auth = next(s for s in receiver.spans if s.name == "pipeline.auth")
+    root = next(s for s in receiver.spans if s.kind == "SERVER")
+    assert auth.status_code == 2 and auth.attributes["error.type"] == "invalid_api_key"
+    assert root.attributes["http.response.status_code"] == 401
+    assert root.attributes["error.type"] == "invalid_api_key"
+    assert not any(s.kind == "CLIENT" for s in receiver.spans)      # no provider was called
+    assert "sk-wrong-key-123" not in orjson.dumps([s.attributes for s in receiver.spans]).decode()
+
+
+async def test_record_content_puts_prompt_and_completion_on_the_span(start_proxy, fake_openai, receiver):
+    server = await start_proxy(traced_config(receiver, fake_openai, record_content=True))
+    stream = await client(server).chat.completions.create(
+        model="mock", stream=True, messages=[{"role": "user", "content": SECRET_PROMPT}])
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    await flush(server)
+    root = next(s for s in receiver.spans if s.kind == "SERVER")
+    assert SECRET_PROMPT in root.attributes["gen_ai.input.messages"]
+    assert orjson.loads(root.attributes["gen_ai.output.messages"]) == [{"role": "assistant", "content": text}]
+    assert root.attributes["gen_ai.provider.name"] == "mock"
+
+
+async def test_tracing_off_forwards_the_client_traceparent_unchanged(proxy_to_fake, fake_openai):
+    assert proxy_to_fake.app[GATEWAY].telemetry.tracing is None
+    await client(proxy_to_fake).chat.completions.create(
+        model="gpt", messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"traceparent": TRACEPARENT, "tracestate": "vendor=1"})
+    assert fake_openai.headers[-1]["traceparent"] == TRACEPARENT
+    assert fake_openai.headers[-1]["tracestate"] == "vendor=1"
+
+
+def test_settings_follow_otel_environment_and_config_wins():
+    off = TracingConfig()
+    assert resolve(off, env={}) is None
+    s = resolve(off, env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SERVICE_NAME": "svc",
+                          "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"})
+    assert s is not None and s.service_name == "svc" and s.sample_ratio == 0.25 and s.endpoint == ""
+    assert resolve(off, env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}) is None
+    cfg = TracingConfig(endpoint="http://jaeger:4317", protocol="grpc", service_name="mine", sample_ratio=0.5)
+    s = resolve(cfg, env={"OTEL_SERVICE_NAME": "svc", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
+    assert s is not None and (s.protocol, s.service_name, s.sample_ratio) == ("grpc", "mine", 0.5)
+    exporter = make_exporter(s)
+    assert type(exporter).__module__.startswith("opentelemetry.exporter.otlp.proto.grpc")
+    exporter.shutdown()
+    s = resolve(TracingConfig(endpoint="http://jaeger:4318"), env={})
+    assert s is not None
+    http = make_exporter(s)
+    assert http._endpoint == "http://jaeger:4318/v1/traces"     # a base URL, like OTEL_EXPORTER_OTLP_ENDPOINT
+    http.shutdown()
+
+
+async def test_a_dead_collector_never_blocks_requests(start_proxy):
+    cfg = make_config(telemetry={"tracing": {"endpoint": "http://127.0.0.1:9", "export_timeout": 0.5,
+                                             "max_queue_size": 8}})
+    server = await start_proxy(cfg)
+    c = client(server)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for _ in range(20):
+        await c.chat.completions.create(model="mock", messages=[{"role": "user", "content": "hi"}])
+    assert loop.time() - t0 < 5
