@@ -1,4 +1,5 @@
-"""A fast, zero-latency fake OpenAI upstream, run in its own process: `python -m bench.fake_upstream PORT`."""
+"""A fast, zero-latency fake OpenAI upstream, run in its own process:
+`python -m bench.fake_upstream PORT [CHUNKS]` (CHUNKS content deltas per stream, default 20)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 import orjson
 from aiohttp import web
 
-CHUNKS = 20
+CHUNKS = int(sys.argv[2]) if len(sys.argv) > 2 else 20
 BODY = orjson.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": "bench",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "word " * 40}, "finish_reason": "stop"}],

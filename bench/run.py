@@ -54,13 +54,22 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def proxy_config(upstream_port: int, port: int, extra: str = "") -> str:
+LONG_CHUNKS = 200     # per-chunk overhead: long streams, so per-request costs fade out
+
+
+def proxy_config(upstream_port: int, port: int, long_port: int, anth_port: int, extra: str = "") -> str:
     return f"""
 server: {{host: 127.0.0.1, port: {port}, master_key: "{MASTER}", log_level: warning}}
 providers:
   up: {{type: openai, base_url: "http://127.0.0.1:{upstream_port}/v1", api_key: "sk-upstream"}}
   dead: {{type: openai, base_url: "http://127.0.0.1:9/v1"}}
+  long: {{type: openai, base_url: "http://127.0.0.1:{long_port}/v1", api_key: "sk-upstream"}}
+  anth: {{type: anthropic, base_url: "http://127.0.0.1:{anth_port}", api_key: "sk-ant-bench"}}
 models:
+  - name: long-openai
+    targets: [{{provider: long, model: bench}}]
+  - name: long-anthropic
+    targets: [{{provider: anth, model: claude-bench}}]
   - name: bench
     targets: [{{provider: up, model: bench}}]
   - name: fallback                      # primary refuses connections; the breaker opens after 5 failures
@@ -86,11 +95,40 @@ async def scenarios(urls: dict[str, str]) -> dict[str, dict]:
             ("stream_c1", stream, 1, True), ("stream_c32", stream, 32, True)]
     for name, body, conc, is_stream in plan:
         out[name] = {}
-        for path, url in urls.items():
+        for path in ("direct", "relay", "proxy"):
+            url = urls[path]
             res = await run_load(url, body, headers, conc, SECONDS, is_stream)
             out[name][path] = res.summary()
             print(f"  {name:14s} {path:7s} {res.summary()}", flush=True)
     out["breaker"] = await breaker_scenario(urls["proxy"], headers, msg)
+    out["chunks"] = await chunk_scenario(urls, headers, msg)
+    return out
+
+
+async def chunk_scenario(urls: dict[str, str], headers: dict[str, str], msg: list) -> dict:
+    """Issue 3: per-chunk overhead of a converting adapter (Anthropic SSE -> OpenAI chunks) vs the
+    pass-through relay, from streams of LONG_CHUNKS deltas at concurrency 1 (p50, one run)."""
+    anth_body = orjson.dumps({"model": "claude-bench", "max_tokens": 1024, "stream": True, "messages": msg})
+    anth_headers = {"x-api-key": "sk-ant-bench", "anthropic-version": "2026-10-21",
+                    "Content-Type": "application/json"}
+    plan = {
+        "openai_direct": (urls["long_direct"], orjson.dumps({"model": "bench", "messages": msg, "stream": True}),
+                          headers),
+        "openai_proxy": (urls["proxy"], orjson.dumps({"model": "long-openai", "messages": msg, "stream": True}),
+                         headers),
+        "anthropic_direct": (urls["anth_direct"], anth_body, anth_headers),
+        "anthropic_proxy": (urls["proxy"], orjson.dumps({"model": "long-anthropic", "messages": msg,
+                                                          "stream": True}), headers),
+    }
+    out: dict = {}
+    for name, (url, body, hdrs) in plan.items():
+        res = await run_load(url, body, hdrs, 1, SECONDS, True)
+        out[name] = res.summary()
+        print(f"  chunks_c1      {name:17s} {res.summary()}", flush=True)
+    per = {k: (out[f"{k}_proxy"]["p50_ms"] - out[f"{k}_direct"]["p50_ms"]) * 1000 / LONG_CHUNKS
+           for k in ("openai", "anthropic")}
+    out["per_chunk_overhead_us"] = {k: round(v, 2) for k, v in per.items()}
+    out["anthropic_vs_passthrough"] = round(per["anthropic"] / per["openai"], 2) if per["openai"] > 0 else None
     return out
 
 
@@ -110,6 +148,7 @@ async def breaker_scenario(url: str, headers: dict[str, str], msg: list) -> dict
 def report(results: dict) -> None:
     s = dict(results["scenarios"])
     b = s.pop("breaker", None)
+    c = s.pop("chunks", None)
     print("\n| scenario | direct rps | relay rps | proxy rps | proxy/relay | direct p50 ms | proxy p50 ms | "
           "added p50 ms | proxy p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -122,6 +161,10 @@ def report(results: dict) -> None:
               f"{b['bench']['p50_ms']}/{b['bench']['p99_ms']} ms (p99 delta "
               f"{b['fallback']['p99_ms'] - b['bench']['p99_ms']:.3f} ms); tripped breaker answers 503 in "
               f"p50/p99 {b['deadonly']['p50_ms']}/{b['deadonly']['p99_ms']} ms")
+    if c:
+        print(f"per-chunk overhead ({LONG_CHUNKS}-chunk streams, c=1, p50): pass-through "
+              f"{c['per_chunk_overhead_us']['openai']} us, Anthropic conversion "
+              f"{c['per_chunk_overhead_us']['anthropic']} us (ratio {c['anthropic_vs_passthrough']})")
     for name in ("stream_c1", "stream_c32"):
         row = s[name]
         print(f"{name}: ttfb p50 direct {row['direct'].get('ttfb_p50_ms')} ms, relay "
@@ -153,12 +196,18 @@ def main() -> None:
         pass
     t0 = time.time()
     up_port, relay_port, proxy_port = free_port(), free_port(), free_port()
-    procs = [spawn(["-m", "bench.fake_upstream", str(up_port)])]
+    long_port, anth_port = free_port(), free_port()
+    procs = [spawn(["-m", "bench.fake_upstream", str(up_port)]),
+             spawn(["-m", "bench.fake_upstream", str(long_port), str(LONG_CHUNKS)]),
+             spawn(["-m", "tests.fakes.anthropic_upstream", "--port", str(anth_port), "--chunks",
+                    str(LONG_CHUNKS)])]
     wait_port(up_port)
+    wait_port(long_port)
+    wait_port(anth_port)
     upstream_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
     procs.append(spawn(["-m", "bench.bare_relay", str(relay_port), upstream_url]))
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(proxy_config(up_port, proxy_port))
+        f.write(proxy_config(up_port, proxy_port, long_port, anth_port))
     proxy = spawn(["-m", "proxy", "serve", "--config", f.name])
     procs.append(proxy)
     try:
@@ -166,7 +215,9 @@ def main() -> None:
         wait_port(proxy_port)
         urls = {"direct": upstream_url,
                 "relay": f"http://127.0.0.1:{relay_port}/v1/chat/completions",
-                "proxy": f"http://127.0.0.1:{proxy_port}/v1/chat/completions"}
+                "proxy": f"http://127.0.0.1:{proxy_port}/v1/chat/completions",
+                "long_direct": f"http://127.0.0.1:{long_port}/v1/chat/completions",
+                "anth_direct": f"http://127.0.0.1:{anth_port}/v1/messages"}
         print(f"bench: {SECONDS:g}s per scenario, one run, same load generator for all paths", flush=True)
         results = {"seconds_per_scenario": SECONDS, "scenarios": asyncio.run(scenarios(urls)),
                    "proxy_peak_rss_mb": peak_rss_mb(proxy.pid)}

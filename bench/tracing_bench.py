@@ -72,7 +72,8 @@ def _load(url: str, concurrency: int, seconds: float, warmup: float, stream: boo
     out.put(asyncio.run(main()))
 
 
-async def _measure(tracing_endpoint: str, seconds: float, concurrency: int, stream: bool) -> dict[str, Any]:
+async def _measure(tracing_endpoint: str, seconds: float, concurrency: int, stream: bool,
+                   sample_ratio: float) -> dict[str, Any]:
     from aiohttp import web
 
     from proxy.app import build_app
@@ -83,7 +84,7 @@ async def _measure(tracing_endpoint: str, seconds: float, concurrency: int, stre
         "storage": {"database": "sqlite://:memory:"},
         "providers": {"local": {"type": "mock", "reply_tokens": 16}},
         "models": [{"name": "mock", "targets": [{"provider": "local", "model": "mock"}]}],
-        "telemetry": {"tracing": {"endpoint": tracing_endpoint}},
+        "telemetry": {"tracing": {"endpoint": tracing_endpoint, "sample_ratio": sample_ratio}},
     }, env={})
     app = build_app(cfg)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -96,16 +97,14 @@ async def _measure(tracing_endpoint: str, seconds: float, concurrency: int, stre
                                            1.0, stream, out))
     proc.start()
     try:
-        while out.empty():
-            await asyncio.sleep(0.1)
-        ok, errors = out.get()
+        ok, errors = await asyncio.to_thread(out.get, True, seconds + 60)
     finally:
         proc.join(10)
         await runner.cleanup()
     return {"rps": round(ok / seconds, 1), "requests": ok, "errors": errors}
 
 
-def run(seconds: float = 5.0, concurrency: int = 16, stream: bool = True) -> dict[str, Any]:
+def run(seconds: float = 5.0, concurrency: int = 16, stream: bool = True, sample_ratio: float = 1.0) -> dict[str, Any]:
     """Requests/s with tracing off and on; `drop_pct` is the throughput lost to tracing."""
     try:
         import uvloop
@@ -123,19 +122,22 @@ def run(seconds: float = 5.0, concurrency: int = 16, stream: bool = True) -> dic
         results: dict[str, Any] = {}
         for name, endpoint in (("off", ""), ("on", f"http://127.0.0.1:{sink_port}")):
             with asyncio.Runner(loop_factory=new_loop) as runner:
-                results[name] = runner.run(_measure(endpoint, seconds, concurrency, stream))
+                results[name] = runner.run(_measure(endpoint, seconds, concurrency, stream, sample_ratio))
     finally:
         sink.terminate()
         sink.join(5)
     off, on = results["off"]["rps"], results["on"]["rps"]
     results["drop_pct"] = round(100 * (off - on) / off, 1) if off else None
-    results["stream"], results["concurrency"], results["seconds"] = stream, concurrency, seconds
+    results.update(stream=stream, concurrency=concurrency, seconds=seconds, sample_ratio=sample_ratio)
     return results
 
 
 if __name__ == "__main__":
+    import sys
+
+    ratio = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
     for streaming in (True, False):
-        r = run(stream=streaming)
+        r = run(stream=streaming, sample_ratio=ratio)
         kind = "stream" if streaming else "non-stream"
-        print(f"{kind:>10}: tracing off {r['off']['rps']:8.1f} req/s | tracing on {r['on']['rps']:8.1f} req/s"
+        print(f"{kind:>10} (sample_ratio {ratio:g}): tracing off {r['off']['rps']:8.1f} req/s | tracing on {r['on']['rps']:8.1f} req/s"
               f" | drop {r['drop_pct']}%  (errors off={r['off']['errors']} on={r['on']['errors']})")

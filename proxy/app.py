@@ -7,16 +7,19 @@ import contextlib
 
 from aiohttp import web
 
-from proxy.api import admin, admin_cache, admin_providers, chat, health, models
+from proxy.api import admin, admin_budgets, admin_cache, admin_providers, chat, health, models, quota, usage
 from proxy.api import metrics as metrics_api
 from proxy.api.http import cors, errors
 from proxy.audit import audit_failures
 from proxy.config import Config
+from proxy.cost.accounting import Accounting
 from proxy.gateway import GATEWAY, Gateway
 from proxy.keyservice import KeyStore
 from proxy.pipeline import Stage, compose
 from proxy.pipeline.auth import Authenticator, AuthStage
+from proxy.pipeline.budget import acct_stages
 from proxy.pipeline.cache import CacheStage
+from proxy.pipeline.ratelimit import LimitsCollector, RateLimitStage
 from proxy.pipeline.validate import ValidateStage
 from proxy.routing.backends import build_backends
 from proxy.routing.health import probe_forever
@@ -32,15 +35,21 @@ def build_gateway(config: Config, keys: KeyStore | None = None) -> Gateway:
     telemetry.watch_router(router)
     auth = Authenticator(config.server.master_key, keys.lookup if keys is not None else None)
     cache = CacheStage(config, router.models)
+    limits = RateLimitStage(config, router)   # in-process, or Redis when storage.redis is set
+    acct = (Accounting(config, keys.ledger, router.models)
+            if keys is not None and config.accounting.enabled else None)
     stages: list[Stage] = [
         AuthStage(auth),
         ValidateStage(),
-        # rate limit -> budget -> cache -> cost plug in here (their issues), all before the router
+        limits,                 # rate limits: every level in one atomic step; a cache hit still counts
+        *(acct_stages(acct) if acct is not None else []),    # budget reserve; cost record (hits too)
         cache,                  # response cache: rate limit and budget go above it, cost below it
     ]
     pipeline = telemetry.wrap_pipeline(compose(stages, router, telemetry.bind_stage))
     gw = Gateway(config=config, backends=backends, router=router, auth=auth, pipeline=pipeline,
-                 cache=cache, keys=keys, telemetry=telemetry)
+                 cache=cache, keys=keys, telemetry=telemetry, accounting=acct, limits=limits)
+    if telemetry.metrics is not None:
+        telemetry.metrics.registry.register(LimitsCollector(limits))
     gw.observers.append(telemetry.observe)
     return gw
 
@@ -64,6 +73,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> web.Application
     app.router.add_get("/health", health.health)
     app.router.add_get("/ready", health.ready)
     app.router.add_get("/metrics", metrics_api.metrics)
+    quota.setup(app)                                          # GET /v1/quota; opens/closes the limiter
     admin_cache.setup(app)
     admin_providers.setup(app)
     if config.routing.health_check_interval > 0:
@@ -73,6 +83,8 @@ def build_app(config: Config, gateway: Gateway | None = None) -> web.Application
         admin.setup(app, gw.keys)                             # /admin/keys, /admin/audit
         gw.ready_checks["storage"] = gw.keys.ledger.ping
         app.on_startup.append(_open_keys)
+        usage.setup(app)                                      # /v1/usage*, /admin/budgets; flushes before
+        admin_budgets.setup(app)                              # the ledger closes (on_cleanup order)
         app.on_cleanup.append(_close_keys)
     app.on_cleanup.append(_close_backends)
     app.on_cleanup.append(_close_telemetry)

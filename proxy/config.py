@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -44,20 +44,25 @@ class StorageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     key_cache_ttl: float = 0.5     # seconds a key lookup is cached; a revoke reaches every replica within it
 
 
+_NonNeg = Annotated[float, msgspec.Meta(ge=0)]
+_Positive = Annotated[float, msgspec.Meta(gt=0)]
+_Bytes = Annotated[int, msgspec.Meta(ge=0)]
+
+
 class CacheConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The response cache (proxy/pipeline/cache.py). Off unless a request opts in, by default."""
 
     enabled: bool = True
     mode: Literal["all", "opt_in"] = "opt_in"   # all: cache unless a request says `cache: false`
-    ttl: float = 3600.0                         # seconds an entry lives unless the request says otherwise
-    max_ttl: float = 86400.0                    # cap on a request's max-age / x-llm-cache-ttl
-    max_bytes: int = 64 * 1024 * 1024           # in-memory backend: LRU bound on stored bytes
-    max_entry_bytes: int = 4 * 1024 * 1024      # larger answers are not stored
-    compress_over_bytes: int = 2048             # zlib-compress stored values larger than this
+    ttl: _NonNeg = 3600.0                       # seconds an entry lives unless the request says otherwise
+    max_ttl: _NonNeg = 86400.0                  # cap on a request's max-age / x-llm-cache-ttl
+    max_bytes: _Bytes = 64 * 1024 * 1024        # in-memory backend: LRU bound on stored bytes
+    max_entry_bytes: _Bytes = 4 * 1024 * 1024   # larger answers are not stored
+    compress_over_bytes: _Bytes = 2048          # zlib-compress stored values larger than this
     namespace: Literal["tenant", "key", "shared"] = "tenant"   # who may see whose entries
     prefix: str = "llm:cache:"                  # Redis key prefix
-    redis_timeout: float = 0.25                 # seconds per Redis operation before the cache misses
-    breaker_cooldown: float = 5.0               # after a Redis failure, skip Redis for this long
+    redis_timeout: _Positive = 0.25             # seconds per Redis operation before the cache misses
+    breaker_cooldown: _NonNeg = 5.0             # after a Redis failure, skip Redis for this long
 
 
 class TracingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

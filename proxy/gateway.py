@@ -17,8 +17,10 @@ from proxy.routing.backends import Backend
 from proxy.routing.router import Router
 
 if TYPE_CHECKING:
+    from proxy.cost.accounting import Accounting
     from proxy.keyservice import KeyStore
     from proxy.pipeline.cache import CacheStage
+    from proxy.pipeline.ratelimit import RateLimitStage
     from proxy.telemetry import Telemetry
 
 log = logging.getLogger("proxy")
@@ -41,6 +43,8 @@ class Gateway:
     cache: CacheStage | None = None      # the response cache stage (admin invalidation, stats)
     keys: KeyStore | None = None         # the ledger, virtual key lookup, audit log (admin API, CLI)
     telemetry: Telemetry | None = None   # traces, metrics, access log (GET /metrics reads it)
+    accounting: Accounting | None = None  # prices, usage ledger writer, budgets, alerts (/v1/usage, /admin/budgets)
+    limits: RateLimitStage | None = None  # rate limits and quotas (GET /v1/quota, Redis client lifecycle)
 
     async def finish(self, call: ChatCall) -> None:
         try:

@@ -163,3 +163,16 @@ def test_controls_from_headers_and_body():
     assert controls(call_with({**BODY, "options": {"cache": True}}), CacheConfig()) is not None
     with pytest.raises(InvalidRequest):
         controls(call_with(cache_control="max-age=-1"), all_mode)
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"ttl": -1}, "cache.ttl: Expected `float` >= 0.0"),
+    ({"mode": "sometimes"}, "cache.mode: Invalid enum value 'sometimes'"),
+    ({"redis_timeout": 0}, "cache.redis_timeout: Expected `float` > 0.0"),
+    ({"namespace": "everyone"}, "cache.namespace: Invalid enum value 'everyone'"),
+])
+def test_bad_cache_config_names_the_field(bad, message):
+    from proxy.config import ConfigError, parse
+    with pytest.raises(ConfigError) as e:
+        parse({"server": {"master_key": "x"}, "cache": bad}, env={})
+    assert str(e.value) == message

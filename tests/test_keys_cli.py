@@ -34,11 +34,11 @@ async def test_cli_create_list_rotate_revoke_against_a_running_proxy(start_proxy
     cfg_file.write_text(CONFIG.format(master=MASTER, db=ledger_url))
     server = await start_proxy(load(cfg_file, env={}))
     code, out, err = await cli(capsys, "keys", "--config", str(cfg_file), "create", "--name", "cli-app",
-                               "--models", "a", "--rpm", "7", "--source-type", "application",
+                               "--models", "a", "--rpm", "600", "--source-type", "application",   # rpm enforced: room to poll
                                "--metadata", '{"owner": "ops"}')
     assert code == 0, err
     created = orjson.loads(out)
-    assert created["rpm"] == 7 and created["models"] == ["a"] and created["metadata"] == {"owner": "ops"}
+    assert created["rpm"] == 600 and created["models"] == ["a"] and created["metadata"] == {"owner": "ops"}
     assert "shown only once" in err
     secret = created["key"]
     assert (await chat(server, secret, "a"))[0] == 200            # the proxy sees the CLI's key

@@ -332,3 +332,30 @@ def test_bad_signature_regex_is_a_config_error() -> None:
                       models=[{"name": "m", "targets": [{"provider": "g", "model": "x"}]}])
     with pytest.raises(ConfigError, match="thought_signature_fallback"):
         GeminiProvider(cfg.providers["g"])
+
+
+def test_two_candidates_become_two_choices() -> None:
+    cfg = make_config(providers={"g": {"type": "gemini", "api_key": "k"}},
+                      models=[{"name": "m", "targets": [{"provider": "g", "model": "gemini-2.5-flash"}]}])
+    p = GeminiProvider(cfg.providers["g"])
+    target = Target(provider="g", model="gemini-2.5-flash")
+    call = ChatCall(body={"model": "m", "n": 2, "messages": [{"role": "user", "content": "x"}]}, model="m",
+                    stream=False)
+    assert orjson.loads(p.to_wire(call, target).body or b"")["generationConfig"] == {"candidateCount": 2}
+    wire = {"candidates": [
+        {"content": {"role": "model", "parts": [{"text": "B"}]}, "finishReason": "MAX_TOKENS", "index": 1},
+        {"content": {"role": "model", "parts": [{"text": "A"}]}, "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 2, "totalTokenCount": 3}}
+    body, usage = p.from_wire(200, orjson.dumps(wire), call, target)
+    choices = orjson.loads(body)["choices"]
+    assert [(c["index"], c["message"]["content"], c["finish_reason"]) for c in choices] == [
+        (0, "A", "stop"), (1, "B", "length")]
+    assert usage.completion_tokens == 2
+    stream = p.new_stream(call, target)
+    out = stream.feed(b"data: " + orjson.dumps(wire) + b"\n\n") + stream.finish()
+    events = [orjson.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]
+    got = [(e["choices"][0]["index"], e["choices"][0]["delta"].get("content"), e["choices"][0]["finish_reason"])
+           for e in events]
+    assert got == [(1, "", None), (1, "B", None), (1, None, "length"), (0, "", None), (0, "A", None),
+                   (0, None, "stop")]
+    assert out.endswith(b"data: [DONE]\n\n")

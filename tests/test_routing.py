@@ -213,9 +213,11 @@ async def test_upstream_429_passes_retry_after_and_cools_the_target(aiohttp_serv
     only = await _fake(aiohttp_server)
     only.mode = "error429"
     server = await start_proxy(make_config(providers={"only": openai_provider(only)},
-                                           models=[{"name": "m", "targets": [{"provider": "only", "model": "x"}]}]))
+                                           models=[{"name": "m", "targets": [{"provider": "only", "model": "x"}]}],
+                                           routing={"rate_limit_wait": 0}))     # no waiting: see test_ratelimit_upstream
     status, headers, raw = await _post(server, {"model": "m", "messages": MSG})
     assert status == 429 and headers["retry-after"] == "1"
     assert orjson.loads(raw)["error"]["code"] == "rate_limit_exceeded"
-    status, _, _ = await _post(server, {"model": "m", "messages": MSG})
-    assert status == 503 and len(only.requests) == 1          # cooling down: not called again
+    status, headers, _ = await _post(server, {"model": "m", "messages": MSG})
+    assert status == 429 and len(only.requests) == 1          # cooling down: not called again, still a 429
+    assert headers["retry-after"] == "1"

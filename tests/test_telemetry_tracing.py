@@ -62,9 +62,12 @@ async def test_streamed_request_trace_spans_parents_and_genai_attributes(start_p
     await flush(server)
 
     spans = receiver.by_trace(CLIENT_TRACE)             # the client's trace id is kept
-    names = sorted(s.name for s in spans)
-    assert names == sorted(["chat gpt", "pipeline.auth", "pipeline.validate", "pipeline.cache",
-                            "chat gpt-4o-mini"]), names
+    names = [s.name for s in spans]
+    # Every stage compose() wires gets its span, whichever stages this build has (limits, budget, ...).
+    assert {"chat gpt", "chat gpt-4o-mini", "pipeline.auth", "pipeline.validate", "pipeline.cache"} <= set(names)
+    assert all(n in ("chat gpt", "chat gpt-4o-mini") or n.startswith("pipeline.") for n in names), names
+    assert len(names) == len(set(names))
+    assert [s.kind for s in spans].count("SERVER") == 1 and [s.kind for s in spans].count("CLIENT") == 1
     root = next(s for s in spans if s.kind == "SERVER")
     assert root.parent_span_id == CLIENT_PARENT          # child of the client's span
     assert root.resource["service.name"] == "llm-test"

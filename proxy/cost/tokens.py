@@ -74,7 +74,8 @@ class Tokenizer:
                 elif isinstance(x, int):
                     n += 1
             return n
-        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+        raw = body.get("messages")
+        messages = raw if isinstance(raw, list) else []
         return self.count(model, prompt_text(body)) + MESSAGE_OVERHEAD * len(messages) + REPLY_PRIMING
 
     async def count_async(self, model: str, text: str) -> int:

@@ -8,7 +8,6 @@ checked first and taken only if every one allows: one atomic step, so a denied r
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -81,7 +80,8 @@ def gcra(tat: float, now: float, cost: float, limit: int, share: float) -> tuple
 
 
 def remaining(new_tat: float, now: float, limit: int) -> int:
-    return max(0, math.floor((WINDOW - (new_tat - now)) * limit / WINDOW + EPS))
+    r = int((WINDOW - (new_tat - now)) * limit / WINDOW + EPS)
+    return r if r > 0 else 0
 
 
 def format_reset(seconds: float) -> str:

@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Sequence
 
-from proxy.limits import EPS, WINDOW, Decision, Level, LevelState, gcra, remaining
+from proxy.limits import EPS, WINDOW, Decision, Level, LevelState, remaining
 
 _GC_EVERY = 10_000
 
@@ -15,9 +15,8 @@ _GC_EVERY = 10_000
 class MemoryLimiter:
     def __init__(self, clock=time.monotonic) -> None:
         self.clock = clock
-        self._req: dict[str, float] = {}      # level key -> theoretical arrival time (requests)
-        self._tok: dict[str, float] = {}      # level key -> theoretical arrival time (tokens)
-        self._inflight: dict[str, int] = {}
+        # level key -> [requests TAT, tokens TAT, inflight]: one dict lookup per level on the hot path
+        self._rows: dict[str, list] = {}
         self._calls = 0
         self.stats: dict[str, int] = {}
 
@@ -30,6 +29,12 @@ class MemoryLimiter:
     async def acquire(self, levels: Sequence[Level], tokens: int, high: bool, lease: str) -> Decision:
         return self.acquire_now(levels, tokens, high)
 
+    def _row(self, key: str) -> list:
+        row = self._rows.get(key)
+        if row is None:
+            row = self._rows[key] = [0.0, 0.0, 0]
+        return row
+
     def acquire_now(self, levels: Sequence[Level], tokens: int, high: bool) -> Decision:
         """The whole check-then-take, synchronous: nothing else can run between the check and the take."""
         now = self.clock()
@@ -37,72 +42,79 @@ class MemoryLimiter:
         if self._calls % _GC_EVERY == 0:
             self._gc(now)
         worst, worst_lv, reason = 0.0, None, ""
-        plan: list[tuple[Level, float, float]] = []
+        plan = []
         for lv in levels:
-            share = 1.0 if high else 1.0 - lv.reserve
-            new_r = new_t = 0.0
+            row = self._row(lv.key)
+            cap = WINDOW if high else WINDOW * (1.0 - lv.reserve)
+            base_r = new_r = base_t = new_t = 0.0
             if lv.rpm:
-                new_r, wait = gcra(self._req.get(lv.key, 0.0), now, 1, lv.rpm, share)
-                if wait > worst:
+                base_r = row[0] if row[0] > now else now
+                new_r = base_r + WINDOW / lv.rpm
+                wait = new_r - now - cap
+                if wait > EPS and wait > worst:
                     worst, worst_lv, reason = wait, lv, "requests"
             if lv.tpm:
-                if tokens * WINDOW / lv.tpm > WINDOW * share + EPS:
+                cost = tokens * WINDOW / lv.tpm
+                if cost > cap + EPS:
                     return Decision(False, denied=lv, reason="too_large", retry_after=0.0)
-                new_t, wait = gcra(self._tok.get(lv.key, 0.0), now, tokens, lv.tpm, share)
-                if wait > worst:
+                base_t = row[1] if row[1] > now else now
+                new_t = base_t + cost
+                wait = new_t - now - cap
+                if wait > EPS and wait > worst:
                     worst, worst_lv, reason = wait, lv, "tokens"
-            if lv.concurrency and self._inflight.get(lv.key, 0) + 1 > math.floor(lv.concurrency * share + EPS):
-                if worst_lv is None:
-                    worst, worst_lv, reason = 1.0, lv, "concurrency"
-            plan.append((lv, new_r, new_t))
-        if worst_lv is not None:
-            return Decision(False, denied=worst_lv, reason=reason, retry_after=worst)
+            if lv.concurrency and worst_lv is None and row[2] + 1 > math.floor(lv.concurrency * cap / WINDOW + EPS):
+                worst, worst_lv, reason = 1.0, lv, "concurrency"
+            plan.append((lv, row, base_r, new_r, base_t, new_t))
+        take = worst_lv is None
         states = []
-        for lv, new_r, new_t in plan:
+        for lv, row, base_r, new_r, base_t, new_t in plan:
             st = LevelState(lv)
             if lv.rpm:
-                self._req[lv.key] = new_r
-                st.remaining_requests, st.reset_requests = remaining(new_r, now, lv.rpm), new_r - now
+                if take:
+                    base_r = row[0] = new_r
+                st.remaining_requests, st.reset_requests = remaining(base_r, now, lv.rpm), base_r - now
             if lv.tpm:
-                self._tok[lv.key] = new_t
-                st.remaining_tokens, st.reset_tokens = remaining(new_t, now, lv.tpm), new_t - now
+                if take:
+                    base_t = row[1] = new_t
+                st.remaining_tokens, st.reset_tokens = remaining(base_t, now, lv.tpm), base_t - now
             if lv.concurrency:
-                st.inflight = self._inflight[lv.key] = self._inflight.get(lv.key, 0) + 1
+                if take:
+                    row[2] += 1
+                st.inflight = row[2]
             states.append(st)
+        if not take:
+            return Decision(False, states, denied=worst_lv, reason=reason, retry_after=worst)
         return Decision(True, states)
 
     async def settle(self, levels: Sequence[Level], lease: str, reserved: int, actual: int) -> None:
         delta = actual - reserved
         for lv in levels:
+            row = self._rows.get(lv.key)
+            if row is None:
+                continue
             if lv.tpm and delta:
-                tat = self._tok.get(lv.key)
-                if tat is not None:
-                    self._tok[lv.key] = tat + delta * WINDOW / lv.tpm
-            if lv.concurrency:
-                n = self._inflight.get(lv.key, 0) - 1
-                if n > 0:
-                    self._inflight[lv.key] = n
-                else:
-                    self._inflight.pop(lv.key, None)
+                row[1] += delta * WINDOW / lv.tpm
+            if lv.concurrency and row[2] > 0:
+                row[2] -= 1
 
     async def peek(self, levels: Sequence[Level]) -> list[LevelState]:
         now = self.clock()
         out = []
         for lv in levels:
+            row = self._rows.get(lv.key) or [0.0, 0.0, 0]
             st = LevelState(lv)
             if lv.rpm:
-                tat = max(self._req.get(lv.key, 0.0), now)
+                tat = max(row[0], now)
                 st.remaining_requests, st.reset_requests = remaining(tat, now, lv.rpm), tat - now
             if lv.tpm:
-                tat = max(self._tok.get(lv.key, 0.0), now)
+                tat = max(row[1], now)
                 st.remaining_tokens, st.reset_tokens = remaining(tat, now, lv.tpm), tat - now
             if lv.concurrency:
-                st.inflight = self._inflight.get(lv.key, 0)
+                st.inflight = row[2]
             out.append(st)
         return out
 
     def _gc(self, now: float) -> None:
-        """Full buckets carry no information: drop them so per-key state does not grow forever."""
-        for d in (self._req, self._tok):
-            for k in [k for k, tat in d.items() if tat <= now]:
-                del d[k]
+        """Full buckets with nothing in flight carry no information: drop them so state does not grow."""
+        for k in [k for k, row in self._rows.items() if row[0] <= now and row[1] <= now and row[2] == 0]:
+            del self._rows[k]

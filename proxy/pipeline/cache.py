@@ -122,15 +122,15 @@ class CacheStage:
         if not call.stream:
             body = entry.body if entry.body is not None else sse.assemble(entry.events or [], entry.usage)
             return Reply(body=body)
+        want_usage = wants_usage(call.body)
         if entry.events is not None:
             events, usage_event = entry.events, entry.usage_event
-            if usage_event is None and entry.usage is not None:
+            if want_usage and usage_event is None and entry.usage is not None:
                 usage_event = sse.usage_event_for(events, entry.usage)
         else:
             assert entry.body is not None
             events, usage_event = sse.synthesise(entry.body)
-        return Reply(chunks=_replay(events, usage_event if wants_usage(call.body) else None),
-                     content_type="text/event-stream")
+        return Reply(chunks=_replay(events, usage_event if want_usage else None), content_type="text/event-stream")
 
     async def _tee(self, call: ChatCall, key: str, ns: str, ctl: Controls, name: str,
                    chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -203,11 +203,12 @@ def _stream_entry(call: ChatCall, name: str, data: bytes) -> Entry | None:
 
 
 async def _replay(events: list[bytes], usage_event: bytes | None) -> AsyncIterator[bytes]:
-    """The stored events in their original framing; the usage event (if wanted) just before [DONE]."""
-    last = len(events) - 1
-    for i, ev in enumerate(events):
-        if i == last and usage_event is not None and sse.is_done(ev):
-            yield usage_event
-        yield ev
-    if events and not sse.is_done(events[-1]):
-        yield DONE
+    """The stored events in their original framing, in one write (they are all here already); the usage
+    event, if wanted, goes just before [DONE]."""
+    if usage_event is not None and events and sse.is_done(events[-1]):
+        events = [*events[:-1], usage_event, events[-1]]
+    elif usage_event is not None:
+        events = [*events, usage_event]
+    if not events or not sse.is_done(events[-1]):
+        events = [*events, DONE]
+    yield b"".join(events)

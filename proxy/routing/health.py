@@ -30,6 +30,7 @@ class TargetState:
     successes: int = 0
     errors: int = 0
     last_error: str = ""
+    throttled: bool = False     # open because of a provider's 429 (Retry-After), not failures
 
     def state(self, now: float) -> str:
         if self.open_until == 0.0:
@@ -59,7 +60,7 @@ class Health:
         s = st.state(now)
         if s == CLOSED:
             return True
-        if s == HALF_OPEN and not st.probing:
+        if s == HALF_OPEN and (st.throttled or not st.probing):   # a 429 cooldown ends for everyone
             return True
         return False
 
@@ -75,7 +76,7 @@ class Health:
         st.successes += 1
         if st.open_until:
             log.info("target %s recovered: circuit closed", st.key)
-        st.failures, st.open_until, st.probing = 0, 0.0, False
+        st.failures, st.open_until, st.probing, st.throttled = 0, 0.0, False, False
         st.ewma_ms = latency_ms if st.ewma_ms == 0.0 else 0.8 * st.ewma_ms + 0.2 * latency_ms
 
     def failure(self, st: TargetState, reason: str, cooldown: float | None = None) -> None:
@@ -84,14 +85,14 @@ class Health:
         st.last_error = reason
         now = time.monotonic()
         if cooldown is not None:
-            st.open_until, st.probing = now + cooldown, False
+            st.open_until, st.probing, st.throttled = now + cooldown, False, True
             return
         st.failures += 1
         if st.probing or st.failures >= self.breaker.failures:
             if not st.open_until or st.probing:
                 log.warning("target %s: circuit open for %gs after %d failures (%s)",
                             st.key, self.breaker.cooldown, st.failures, reason)
-            st.open_until, st.probing = now + self.breaker.cooldown, False
+            st.open_until, st.probing, st.throttled = now + self.breaker.cooldown, False, False
 
     def neutral(self, st: TargetState) -> None:
         """The attempt ended without saying anything about the target (client error, cancelled)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import random
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -33,6 +34,14 @@ AttemptScope = Callable[[ChatCall, Target, WireRequest], AbstractContextManager[
 SAME_TARGET_RETRY = frozenset({408, 409, 500, 502, 503})
 
 
+class _Throttled(Exception):
+    """Every target left is cooling down after a provider's 429 and one reopens soon enough: wait, retry."""
+
+    def __init__(self, error: ProxyError, sleep: float) -> None:
+        super().__init__(error.message)
+        self.error, self.sleep = error, sleep
+
+
 def _retry_same_target(e: Exception) -> bool:
     """backoff's give-up test: retry the same target only on connection errors and 5xx/408/409.
     429, timeouts and context-length errors move on to the next target instead."""
@@ -52,6 +61,10 @@ class Router:
             backoff.expo, UpstreamError, max_tries=r.retries + 1, giveup=_retry_same_target,
             jitter=backoff.full_jitter, factor=r.backoff_base, max_value=r.backoff_max, logger=None,
         )(self._tracked_attempt)
+        # Upstream 429: wait (jittered, within routing.rate_limit_wait and the deadline) for a target's
+        # Retry-After cooldown to end, then route again; _Throttled carries the sleep it computed.
+        self._route = backoff.on_exception(backoff.runtime, _Throttled, value=lambda e: e.sleep, jitter=None,
+                                           logger=None)(self._route_once)
 
     def resolve(self, name: str) -> ModelConfig:
         return self.models.resolve(name)
@@ -66,6 +79,10 @@ class Router:
         targets = ordered(model, self.health)
         if call.headers.get("x-llm-fallbacks", "").strip().lower() == "none":
             targets = targets[:1]
+        return await self._route(call, targets)
+
+    async def _route_once(self, call: ChatCall, targets: list[Target]) -> Reply:
+        key = call.key
         last: ProxyError | None = None
         window_above: int | None = None      # after a context-length error: only larger windows
         now = time.monotonic()
@@ -79,6 +96,12 @@ class Router:
                 continue
             if not self.health.available(target, now):
                 wait = max(1, math.ceil(self.health.of(target).open_until - now))
+                if self.health.of(target).throttled and (last is None or isinstance(last, Unavailable)):
+                    last = UpstreamError(f"Rate limit reached for model '{call.model}': '{target.provider}/"
+                                         f"{target.model}' is cooling down after the provider's 429.",
+                                         status=429, type="rate_limit_error", code="rate_limit_exceeded",
+                                         retry_after=wait)
+                    continue
                 last = last or Unavailable(f"No healthy target for model '{call.model}': "
                                            f"'{target.provider}/{target.model}' is cooling down.",
                                            headers={"retry-after": str(wait)})
@@ -97,7 +120,27 @@ class Router:
         if last is None:
             last = Unavailable(f"No target of model '{call.model}' could take the request.")
         last.headers["x-llm-attempts"] = str(call.attempts)
+        if (last.status == 429 and last.code != "insufficient_quota" and last.headers.get("x-should-retry") != "false"
+                and (sleep := self._throttle_sleep(call, targets)) is not None):
+            raise _Throttled(last, sleep)
         raise last
+
+    def _throttle_sleep(self, call: ChatCall, targets: list[Target]) -> float | None:
+        """Seconds to wait (jittered) for the first 429-cooled target to reopen, if that fits within
+        routing.rate_limit_wait (per request) and the request's deadline; else None: answer 429 now."""
+        now = time.monotonic()
+        reopen = [st.open_until for t in targets if (st := self.health.of(t)).throttled and st.open_until > now]
+        if not reopen:
+            return None
+        wait = min(reopen) - now
+        waited = call.extras.get("router.waited", 0.0)
+        deadline = call.started + self.backends[targets[0].provider].config.timeouts.total
+        budget = min(self.routing.rate_limit_wait - waited, deadline - now)
+        if wait > budget:
+            return None
+        sleep = min(wait + random.uniform(0.01, max(0.05, wait * 0.1)), budget)
+        call.extras["router.waited"] = waited + sleep
+        return sleep
 
     async def _tracked_attempt(self, call: ChatCall, target: Target) -> Reply:
         """One try, with the target's breaker and in-flight count kept up to date."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any
 
@@ -57,8 +58,15 @@ INSERT = (f"INSERT INTO usage_events ({', '.join(COLS)}) VALUES ({', '.join('?' 
 SELECT_COLS = ("id", *COLS)
 
 
+_BOOL_IDX = tuple(i for i, c in enumerate(COLS) if c in _BOOLS)
+assert UsageEvent.__struct_fields__[-1] == "id"
+
+
 def to_row(e: UsageEvent) -> tuple[Any, ...]:
-    return tuple((1 if getattr(e, c) else 0) if c in _BOOLS else getattr(e, c) for c in COLS)
+    row = list(msgspec.structs.astuple(e)[:-1])
+    for i in _BOOL_IDX:
+        row[i] = 1 if row[i] else 0
+    return tuple(row)
 
 
 def from_row(row: tuple[Any, ...]) -> UsageEvent:
@@ -137,6 +145,13 @@ async def spent_since(ledger: Ledger, budget_id: str, since: float, scope_col: s
     return int(rows[0][0] or 0)
 
 
+@functools.lru_cache(maxsize=64)
+def _multi_insert(rows: int) -> str:
+    one = "(" + ", ".join("?" * len(COLS)) + ")"
+    return (f"INSERT INTO usage_events ({', '.join(COLS)}) VALUES {', '.join([one] * rows)} "
+            "ON CONFLICT (request_id) DO NOTHING")
+
+
 class UsageWriter:
     """Bounded in-memory queue -> one multi-row insert every `interval` seconds or `batch` events.
 
@@ -144,9 +159,10 @@ class UsageWriter:
     outage loses nothing until `max_queue` overflows (then the oldest are dropped and counted).
     """
 
-    def __init__(self, ledger: Ledger, *, interval: float = 0.2, batch: int = 500,
+    def __init__(self, ledger: Ledger, *, interval: float = 0.2, batch: int = 500,   # 500 x 26 params < 32766
                  max_queue: int = 100_000) -> None:
-        self.ledger, self.interval, self.batch, self.max_queue = ledger, interval, batch, max_queue
+        self.ledger, self.interval, self.max_queue = ledger, interval, max_queue
+        self.batch = max(1, min(batch, 1000))       # SQLite: at most 32766 bound parameters per statement
         self._queue: list[UsageEvent] = []
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -171,11 +187,24 @@ class UsageWriter:
     async def flush(self) -> None:
         """Write everything queued now. Raises if the ledger refuses (the events stay queued)."""
         async with self._lock:
-            while self._queue:
-                batch = self._queue[: self.batch]
-                await self.ledger.executemany(INSERT, [to_row(e) for e in batch])
+            # Only what is queued now: events arriving meanwhile wait for the next tick, so a steady
+            # trickle becomes one transaction per tick instead of a busy loop of one-row commits.
+            left = len(self._queue)
+            while left > 0 and self._queue:
+                batch = self._queue[: min(self.batch, left)]
+                await self._write(batch)
                 del self._queue[: len(batch)]
                 self.written += len(batch)
+                left -= len(batch)
+
+    async def _write(self, batch: list[UsageEvent]) -> None:
+        if self.ledger.dialect == "sqlite":
+            # One multi-row INSERT: its parameters are bound in one go, so the ledger's worker thread
+            # takes the GIL once per batch rather than once per row (no convoy with the event loop).
+            flat = [v for e in batch for v in to_row(e)]
+            await self.ledger.execute(_multi_insert(len(batch)), *flat)
+        else:
+            await self.ledger.executemany(INSERT, [to_row(e) for e in batch])  # type: ignore[attr-defined]
 
     def start(self) -> None:
         if self._task is None:
@@ -205,7 +234,8 @@ class UsageWriter:
             self._task = None
         for attempt in range(3):
             try:
-                await self.flush()
+                while self._queue:
+                    await self.flush()
                 return
             except Exception as e:
                 log.error("usage flush at shutdown failed (try %d, %d events): %s", attempt + 1, self.pending,

@@ -43,15 +43,20 @@ async def relay(call: ChatCall, resp: UpstreamResponse, chunks: AsyncIterator[by
     """Upstream chunks -> translator -> client bytes. Usage lands on the call however the stream ends."""
     dog = _Watchdog(resp, idle, deadline)
     loop = dog._loop
+    tap: list[bytes] | None = call.extras.get("relay_tap")   # cost accounting: text relayed, if usage never comes
     try:
         out = translator.feed(first)
         if out:
+            if tap is not None:
+                tap.append(out)
             yield out
         try:
             async for data in chunks:
                 dog.last = loop.time()
                 out = translator.feed(data)
                 if out:
+                    if tap is not None:
+                        tap.append(out)
                     yield out
         except UpstreamError:
             if dog.expired:
@@ -61,6 +66,8 @@ async def relay(call: ChatCall, resp: UpstreamResponse, chunks: AsyncIterator[by
             raise UpstreamTimeout("the upstream stream stalled (idle timeout or deadline)")
         tail = translator.finish()
         if tail:
+            if tap is not None:
+                tap.append(tail)
             yield tail
     finally:
         dog.cancel()

@@ -1,4 +1,8 @@
-"""Incremental SSE decoder: bytes in any split -> complete events. Used by converting adapters."""
+"""Incremental SSE decoder: bytes in any split -> complete events. Used by converting adapters.
+
+Events are dispatched only at a blank line, so the decoder buffers whole event blocks and parses each
+block once, in bytes; it follows the WHATWG rules (CRLF/LF/CR line ends, multi-line data, comments).
+"""
 
 from __future__ import annotations
 
@@ -13,14 +17,10 @@ class Event:
 
 
 class SSEDecoder:
-    """Follows the WHATWG event-stream rules: CRLF/LF/CR line ends, multi-line data, comments ignored."""
-
-    __slots__ = ("_buf", "_data", "_event", "_id")
+    __slots__ = ("_buf", "_id")
 
     def __init__(self) -> None:
         self._buf = b""
-        self._event = ""
-        self._data: list[str] = []
         self._id: str | None = None
 
     def feed(self, chunk: bytes) -> list[Event]:
@@ -33,33 +33,42 @@ class SSEDecoder:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
             if hold:
                 buf += b"\r"
-        cut = buf.rfind(b"\n")
-        if cut < 0:
+        end = buf.rfind(b"\n\n")
+        if end < 0:
             self._buf = buf
             return []
-        self._buf = buf[cut + 1:]
+        self._buf = buf[end + 2:]
         events: list[Event] = []
-        for raw in buf[:cut].split(b"\n"):
-            if not raw:
-                if self._data or self._event:
-                    events.append(Event(self._event or "message", "\n".join(self._data), self._id))
-                self._event, self._data = "", []
-                continue
-            line = raw.decode("utf-8", "replace")
-            if line[0] == ":":
-                continue
-            name, _, value = line.partition(":")
-            if value.startswith(" "):
-                value = value[1:]
-            if name == "data":
-                self._data.append(value)
-            elif name == "event":
-                self._event = value
-            elif name == "id":
-                self._id = value
+        for block in buf[:end].split(b"\n\n"):
+            if block:
+                ev = self._parse(block)
+                if ev is not None:
+                    events.append(ev)
         return events
+
+    def _parse(self, block: bytes) -> Event | None:
+        event = b""
+        data: list[bytes] = []
+        for line in block.split(b"\n"):
+            if line.startswith(b"data"):
+                value = line[5:] if line[4:5] == b":" else (b"" if len(line) == 4 else None)
+                if value is None:
+                    continue            # a field merely starting with "data"
+                data.append(value[1:] if value[:1] == b" " else value)
+            elif line.startswith(b"event:"):
+                value = line[6:]
+                event = value[1:] if value[:1] == b" " else value
+            elif line.startswith(b"id:"):
+                value = line[3:]
+                self._id = (value[1:] if value[:1] == b" " else value).decode("utf-8", "replace")
+        if not data and not event:
+            return None                 # comments only (keep-alives)
+        return Event(event.decode() if event else "message",
+                     (data[0] if len(data) == 1 else b"\n".join(data)).decode("utf-8", "replace"), self._id)
 
     def flush(self) -> list[Event]:
         """At EOF: an event not followed by a blank line is still dispatched."""
-        events = self.feed(b"\n\n") if (self._buf or self._data or self._event) else []
-        return events
+        if not self._buf.strip(b"\r\n"):
+            self._buf = b""
+            return []
+        return self.feed(b"\n\n")

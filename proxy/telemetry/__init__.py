@@ -22,7 +22,7 @@ from proxy.pipeline import Handler, Stage
 from proxy.providers.base import WireRequest
 from proxy.telemetry.logging import log_access
 from proxy.telemetry.metrics import Metrics
-from proxy.telemetry.tracing import Tracing, resolve
+from proxy.telemetry.tracing import Span, Tracing, resolve
 
 Binder = Callable[[Stage, Handler], Handler]
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -117,7 +117,8 @@ class _Attempt:
     __slots__ = ("call", "hook", "span", "target", "wire")
 
     def __init__(self, hook: AttemptHook, call: ChatCall, target: Target, wire: WireRequest) -> None:
-        self.hook, self.call, self.target, self.wire, self.span = hook, call, target, wire, None
+        self.hook, self.call, self.target, self.wire = hook, call, target, wire
+        self.span: Span | None = None
 
     def __enter__(self) -> None:
         call, wire, tracing = self.call, self.wire, self.hook.tracing

@@ -301,8 +301,9 @@ class Tracing:
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
-    async def flush(self, timeout: float = 10.0) -> bool:
-        return await asyncio.to_thread(self.provider.force_flush, int(timeout * 1000))
+    async def flush(self, within: float = 10.0) -> bool:
+        """Export what is queued (tests, shutdown). Runs on a thread: the exporter may be on this loop."""
+        return await asyncio.to_thread(self.provider.force_flush, int(within * 1000))
 
     async def shutdown(self) -> None:
         await asyncio.to_thread(self.provider.shutdown)

@@ -1,0 +1,171 @@
+"""The budget stage: reserve a call's worst-case cost atomically before it runs, settle it after.
+
+After auth and validation, before the cache. A call is under a budget through its key's `budget_id`
+or, for a key without one, the request's `metadata.budget_id` (seed schema). Worst case = a bound on
+the prompt (one token per byte) at the dearest input rate + `max_tokens` (or `budgets.default_max_tokens`)
+x `n` at the output rate, over every target of the model. A hard budget that cannot take it answers 429
+`insufficient_quota` with `x-should-retry: false`: no upstream call, no usage row. After the call (last
+byte sent, error, or client gone) the real cost is settled and the rest of the reservation released.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+import msgspec
+
+from proxy.context import ChatCall, Reply
+from proxy.cost.accounting import Accounting
+from proxy.cost.alerts import crossed
+from proxy.cost.periods import counter_ttl, iso, period_start
+from proxy.cost.prices import usd
+from proxy.cost.tokens import prompt_upper_bound
+from proxy.errors import QuotaExceeded, Unavailable
+from proxy.pipeline import Handler, Stage
+from proxy.store.budgets import Budget
+from proxy.store.usage import spent_since
+
+log = logging.getLogger("proxy.budget")
+_COMPLETION_TOKENS_MODELS = re.compile(r"^(o\d|gpt-5)")
+SCOPE_COLUMNS = {"key": "key_id", "source": "source_id", "team": "team", "global": None}
+
+
+class Hold(msgspec.Struct):
+    budget: Budget
+    counter: str
+    amount: int
+
+
+def budget_id_of(call: ChatCall) -> str | None:
+    key = call.key
+    if key is not None and key.budget_id:
+        return key.budget_id
+    md = call.body.get("metadata")
+    bid = md.get("budget_id") if isinstance(md, dict) else None
+    return bid if isinstance(bid, str) and bid else None
+
+
+def source_of(call: ChatCall) -> tuple[str | None, str | None]:
+    """(source_type, source_id): the key's, else the request's metadata (seed schema)."""
+    key = call.key
+    if key is not None and key.source_id:
+        return key.source_type, key.source_id
+    md = call.body.get("metadata")
+    if isinstance(md, dict):
+        sid, stype = md.get("source_id"), md.get("source_type")
+        return (stype if isinstance(stype, str) else None), (sid if isinstance(sid, str) else None)
+    return None, None
+
+
+def team_of(call: ChatCall) -> str | None:
+    key = call.key
+    md = getattr(key, "metadata", None)
+    team = md.get("team") if isinstance(md, dict) else None
+    return team if isinstance(team, str) and team else None
+
+
+def scope_value(scope: str, call: ChatCall) -> str:
+    if scope == "key":
+        return getattr(call.key, "id", None) or "-"
+    if scope == "source":
+        return source_of(call)[1] or "-"
+    if scope == "team":
+        return team_of(call) or "-"
+    return "*"
+
+
+class BudgetStage:
+    def __init__(self, acct: Accounting) -> None:
+        self.acct = acct
+        self.cfg = acct.bcfg
+        self._warned: set[str] = set()
+
+    async def __call__(self, call: ChatCall, next: Handler) -> Reply:
+        bid = budget_id_of(call) if self.cfg.enabled else None
+        if bid is None:
+            return await next(call)
+        call.extras["budget_id"] = bid
+        budget = await self.acct.budgets.get(bid)
+        if budget is None:
+            if bid not in self._warned:
+                self._warned.add(bid)
+                log.warning("budget %r is referenced but not defined: not enforced", bid)
+            return await next(call)
+        amount = self.worst_case(call, budget.hard)
+        now = time.time()
+        start = period_start(budget.period, now)
+        sv = scope_value(budget.scope, call)
+        counter = f"{budget.id}|{sv.replace('|', '_')}|{int(start)}"
+        col = SCOPE_COLUMNS.get(budget.scope)
+
+        async def seed() -> int:
+            return await spent_since(self.acct.ledger, budget.id, start, col, sv if col else None)
+
+        try:
+            ok = await self.acct.reservations.reserve(counter, amount, budget.amount_nanos if budget.hard else None,
+                                                      seed, counter_ttl(budget.period, start, now))
+        except Exception as e:
+            if budget.hard:
+                log.error("budget store unreachable (%s): refusing calls under hard budget %r", type(e).__name__, bid)
+                raise Unavailable("The budget store is unreachable; try again shortly.") from None
+            return await next(call)
+        if not ok:
+            raise QuotaExceeded(f"Budget '{budget.id}' is exhausted for this {budget.period} period "
+                                f"(${usd(budget.amount_nanos):.2f}); this request could cost up to "
+                                f"${usd(amount):.6f}.")
+        call.extras["budget_hold"] = Hold(budget, counter, amount)
+        call.on_finish(self._settle)
+        return await next(call)
+
+    def worst_case(self, call: ChatCall, hard: bool) -> int:
+        body = call.body
+        prompt = prompt_upper_bound(body, call.endpoint)
+        completion = 0
+        if call.endpoint != "embeddings":
+            limit = body.get("max_completion_tokens") or body.get("max_tokens")
+            if not isinstance(limit, int):
+                limit = self.cfg.default_max_tokens
+                if hard and self.cfg.cap_max_tokens:
+                    self._cap(call, limit)
+            n = body.get("n")
+            completion = limit * (n if isinstance(n, int) and n > 0 else 1)
+        prices = self.acct.pricer.dearest(call.model)
+        known = [p.worst_case(prompt, completion) for p in prices if p is not None]
+        return max(known) if known else 0          # unpriced: nothing to reserve (recorded as unpriced)
+
+    def _cap(self, call: ChatCall, limit: int) -> None:
+        m = self.acct.pricer.model(call.model)
+        names = [t.model for t in m.targets] if m else []
+        field = "max_completion_tokens" if any(_COMPLETION_TOKENS_MODELS.match(n.rsplit("/", 1)[-1])
+                                               for n in names) else "max_tokens"
+        call.body[field] = limit
+
+    async def _settle(self, call: ChatCall) -> None:
+        hold: Hold | None = call.extras.get("budget_hold")
+        if hold is None:
+            return
+        actual = call.extras.get("cost_nanos") or 0
+        try:
+            before, after = await self.acct.reservations.settle(hold.counter, hold.amount, actual)
+        except Exception as e:
+            log.error("budget settle failed for %s (%s)", hold.budget.id, type(e).__name__)
+            return
+        b = hold.budget
+        for t in crossed(self.cfg.alerts.thresholds, b.amount_nanos, before, after):
+            self.acct.alerter.notify(alert_event(b, hold.counter, t, after))
+
+
+def acct_stages(acct: Accounting) -> list[Stage]:
+    """Budget (reserve, settle) then cost (price, record): both above the response cache."""
+    from proxy.pipeline.cost import CostStage
+    return [BudgetStage(acct), CostStage(acct)]
+
+
+def alert_event(b: Budget, counter: str, threshold: float, spent: int) -> dict[str, Any]:
+    _, sv, start = counter.rsplit("|", 2)
+    return {"type": "budget.threshold", "budget_id": b.id, "scope": b.scope, "scope_value": sv,
+            "period": b.period, "period_start": iso(float(start)), "threshold": threshold,
+            "spent_usd": usd(spent), "amount_usd": usd(b.amount_nanos), "hard": b.hard, "ts": time.time()}

@@ -1,0 +1,124 @@
+"""The cost stage: price each call and record one usage event, after the last byte (or the client left).
+
+It sits just above the response cache, so a hit is recorded too: cost 0, and what it saved. Calls that
+never reached a provider or the cache (bad input, auth, budget refusals, unknown models) record nothing.
+Non-streamed answers get `x-llm-cost`, `x-llm-prompt-tokens`, `x-llm-completion-tokens` headers. When the
+provider reported no usage (or a stream was cut before its usage chunk), tokens are counted from the
+request and the text relayed so far, off the event loop, and the event is marked `estimated`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from proxy.context import ChatCall, Reply, Usage
+from proxy.cost.accounting import Accounting
+from proxy.cost.periods import utc_day
+from proxy.cost.prices import usd_text
+from proxy.cost.tokens import reply_text, streamed_text
+from proxy.pipeline import Handler
+from proxy.pipeline.budget import budget_id_of, source_of, team_of
+from proxy.store.usage import UsageEvent
+
+log = logging.getLogger("proxy.cost")
+TAP = "relay_tap"          # call.extras key: the relay appends the client-bound SSE bytes here
+DONE_MARK = b"data: [DONE]"
+
+
+def _missing(u: Usage | None) -> bool:
+    return u is None or (u.estimated and u.prompt_tokens == 0 and u.completion_tokens == 0)
+
+
+class CostStage:
+    def __init__(self, acct: Accounting) -> None:
+        self.acct = acct
+
+    async def __call__(self, call: ChatCall, next: Handler) -> Reply:
+        if call.stream:
+            call.extras[TAP] = []
+        call.on_finish(self._record)
+        reply = await next(call)
+        if reply.chunks is None:
+            call.extras["reply_body"] = reply.body
+            if reply.status == 200 and not _missing(call.usage):
+                cost, saved = self._price(call, call.usage)
+                call.extras["priced"] = (call.usage, cost, saved)
+                u = call.usage
+                assert u is not None
+                h = call.response_headers
+                h["x-llm-prompt-tokens"] = str(u.prompt_tokens)
+                h["x-llm-completion-tokens"] = str(u.completion_tokens)
+                if cost is not None:
+                    h["x-llm-cost"] = usd_text(cost)
+        return reply
+
+    def _price(self, call: ChatCall, usage: Usage | None) -> tuple[int | None, int]:
+        """(cost, saved) in nano-dollars. A cache hit costs 0 and saves what the call would have cost."""
+        price = self.acct.pricer.price(call.model, call.target)
+        full = price.cost(usage) if price is not None and usage is not None else None
+        if call.extras.get("cached"):
+            return 0, full or 0
+        if full is None and price is not None:
+            full = 0                          # priced, no tokens (e.g. an upstream error)
+        return full, 0
+
+    async def _record(self, call: ChatCall) -> None:
+        cached = bool(call.extras.get("cached"))
+        if call.attempts == 0 and not cached:
+            return                            # never reached a provider: nothing spent, nothing to record
+        usage = call.usage
+        tap: list[bytes] | None = call.extras.get(TAP)
+        status, error = call.status, call.error
+        if call.stream and error is None and tap is not None and not cached:
+            tail = tap[-1] if tap else b""
+            if DONE_MARK not in tail and not any(DONE_MARK in c for c in tap[-3:]):
+                status, error = 499, "stream ended early (client disconnected)"
+        if _missing(usage) and not cached:
+            usage = await self._estimate(call, tap, status)
+        done = call.extras.get("priced")
+        cost, saved = done[1:] if done is not None and done[0] is usage else self._price(call, usage)
+        call.extras["cost_nanos"] = cost
+        self.acct.writer.add(self._event(call, usage, cost, saved, status, error))
+
+    async def _estimate(self, call: ChatCall, tap: list[bytes] | None, status: int) -> Usage | None:
+        """Count what was sent and what came back. Nothing came back from a failed call: no tokens."""
+        got = streamed_text(tap) if tap else reply_text(call.extras.get("reply_body"))
+        if not got and status >= 400 and status != 499:
+            return None
+        model = call.target.model if call.target is not None else call.model
+        tok = self.acct.tokenizer
+
+        def count() -> Usage:
+            p = tok.count_prompt(model, call.body, call.endpoint)
+            c = tok.count(model, got)
+            return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c, estimated=True)
+
+        return await asyncio.to_thread(count)
+
+    def _event(self, call: ChatCall, usage: Usage | None, cost: int | None, saved: int, status: int,
+               error: str | None) -> UsageEvent:
+        now = time.time()
+        mono = time.monotonic()
+        stype, sid = source_of(call)
+        raw_opts, raw_md = call.body.get("options"), call.body.get("metadata")
+        opts: dict[str, Any] = raw_opts if isinstance(raw_opts, dict) else {}
+        md: dict[str, Any] = raw_md if isinstance(raw_md, dict) else {}
+        batch = opts.get("batch_id") or md.get("batch_id") or call.extras.get("batch_id")
+        target = call.target
+        u = usage or Usage()
+        return UsageEvent(
+            request_id=call.request_id, ts=now, day=utc_day(now),
+            source_type=stype, source_id=sid, team=team_of(call), request_type=call.endpoint, model=call.model,
+            provider=target.provider if target is not None else None,
+            upstream_model=target.model if target is not None else None,
+            key_id=getattr(call.key, "id", None), budget_id=call.extras.get("budget_id") or budget_id_of(call),
+            prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, cached_tokens=u.cached_tokens,
+            cost_nanos=cost, saved_nanos=saved,
+            is_async=bool(opts.get("async") or call.ingress == "batch"), cached=bool(call.extras.get("cached")),
+            batch_id=batch if isinstance(batch, str) else None, stream=call.stream,
+            status=status or 500, error=error, latency_ms=round((mono - call.started) * 1000, 3),
+            ttft_ms=round((call.first_byte_at - call.started) * 1000, 3) if call.first_byte_at else None,
+            estimated=u.estimated)
