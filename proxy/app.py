@@ -86,6 +86,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> web.Application
         usage.setup(app)                                      # /v1/usage*, /admin/budgets; flushes before
         admin_budgets.setup(app)                              # the ledger closes (on_cleanup order)
         app.on_cleanup.append(_close_keys)
+    app.on_startup.append(_start_telemetry)
     app.on_cleanup.append(_close_backends)
     app.on_cleanup.append(_close_telemetry)
     return app
@@ -107,10 +108,16 @@ async def _stop_probes(app: web.Application) -> None:
         await task
 
 
+async def _start_telemetry(app: web.Application) -> None:
+    tel = app[GATEWAY].telemetry
+    if tel is not None:
+        tel.start()                 # tracing on: starts the span exporter process
+
+
 async def _close_telemetry(app: web.Application) -> None:
     tel = app[GATEWAY].telemetry
     if tel is not None:
-        await tel.close()           # flushes queued spans, stops the exporter thread
+        await tel.close()           # hands off the last spans; the exporter process exports them and exits
 
 
 async def _close_backends(app: web.Application) -> None:

@@ -9,7 +9,6 @@ import aiohttp
 from aiohttp import web
 
 from proxy.app import build_app
-from tests.conftest import MASTER
 from tests.cost_helpers import ADMIN, PER_CALL_NANOS, chat_body, priced_config, request
 from tests.keys_helpers import ledger_url  # noqa: F401  (fixture)
 
@@ -150,4 +149,3 @@ async def test_admin_budgets_crud_and_validation(start_proxy, tmp_path):
     assert st == 200 and b["deleted"] is True
     st, b, _ = await request(url, "GET", "/admin/budgets/x")
     assert st == 404
-    assert MASTER

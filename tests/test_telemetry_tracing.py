@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 
 import aiohttp
 import openai
 import orjson
 import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from proxy.config import TracingConfig
 from proxy.gateway import GATEWAY
-from proxy.telemetry.tracing import make_exporter, resolve
+from proxy.telemetry.otlp_export import (
+    KIND_CLIENT,
+    KIND_INTERNAL,
+    KIND_SERVER,
+    ExportProcess,
+    ExportSettings,
+    SpanRecord,
+    encode_request,
+    readable_spans,
+)
+from proxy.telemetry.tracing import make_exporter, parse_traceparent, resolve
 from tests.conftest import MASTER, make_config, openai_provider
 from tests.fakes.otlp_receiver import OTLPReceiver
 
@@ -201,3 +215,82 @@ async def test_a_dead_collector_never_blocks_requests(start_proxy):
     for _ in range(20):
         await c.chat.completions.create(model="mock", messages=[{"role": "user", "content": "hi"}])
     assert loop.time() - t0 < 5
+
+
+async def test_an_unsampled_traceparent_records_nothing_and_passes_through(start_proxy, fake_openai, receiver):
+    server = await start_proxy(traced_config(receiver, fake_openai))
+    unsampled = f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-00"
+    await client(server).chat.completions.create(
+        model="gpt", messages=[{"role": "user", "content": "hi"}], extra_headers={"traceparent": unsampled})
+    await flush(server)
+    assert receiver.spans == []
+    assert fake_openai.headers[-1]["traceparent"] == unsampled      # the client's decision travels on
+
+
+def test_traceparent_parsing_follows_w3c():
+    assert parse_traceparent(TRACEPARENT) == (CLIENT_TRACE, int(CLIENT_PARENT, 16), True)
+    assert parse_traceparent(f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-00")[2] is False     # type: ignore[index]
+    for bad in ("", "garbage", f"ff-{CLIENT_TRACE}-{CLIENT_PARENT}-01", f"00-{'0' * 32}-{CLIENT_PARENT}-01",
+                f"00-{CLIENT_TRACE}-{'0' * 16}-01", f"00-{CLIENT_TRACE.upper()}-{CLIENT_PARENT}-01",
+                f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01-extra"):
+        assert parse_traceparent(bad) is None, bad
+    assert parse_traceparent(f"01-{CLIENT_TRACE}-{CLIENT_PARENT}-01-future") is not None   # later versions may extend
+
+
+def test_fast_encoding_equals_the_official_encoder():
+    """The exporter process builds the OTLP request itself; it must be what the SDK's encoder makes."""
+    records = [
+        SpanRecord(name="chat gpt", kind=KIND_SERVER, trace_id=CLIENT_TRACE, span_id=1, parent_id=7, start_ns=10,
+                   end_ns=20, remote_parent=True, trace_state="vendor=1", status=2, message="boom",
+                   attributes={"s": "x", "i": 3, "f": 0.5, "b": True, "l": ["stop", "length"]}),
+        SpanRecord(name="pipeline.auth", kind=KIND_INTERNAL, trace_id=CLIENT_TRACE, span_id=2, parent_id=1,
+                   start_ns=11, end_ns=12),
+        SpanRecord(name="chat gpt-4o", kind=KIND_CLIENT, trace_id="1" * 32, span_id=3, start_ns=1, end_ns=2,
+                   attributes={"gen_ai.usage.input_tokens": 11}),
+    ]
+    ours = encode_request(records, "svc")
+    official = encode_spans(readable_spans(records, "svc"))
+    assert ours == official
+    assert ours.SerializeToString(deterministic=True) == official.SerializeToString(deterministic=True)
+
+
+def _settings(endpoint: str, max_queue_size: int = 2048) -> ExportSettings:
+    return ExportSettings(endpoint=endpoint, protocol="http/protobuf", service_name="t", headers={},
+                          export_timeout=0.5, max_queue_size=max_queue_size)
+
+
+def _batch(n: int) -> list[SpanRecord]:
+    return [SpanRecord(name="pipeline.x" * 20, kind=KIND_INTERNAL, trace_id=CLIENT_TRACE, span_id=i + 1,
+                       start_ns=1, end_ns=2, attributes={"pad": "x" * 200}) for i in range(n)]
+
+
+async def test_a_stuck_exporter_drops_spans_and_never_blocks():
+    proc = ExportProcess(_settings("http://127.0.0.1:9"))
+    proc.start()
+    try:
+        assert await proc.flush(30)                       # up and answering
+        os.kill(proc.pid, signal.SIGSTOP)                 # frozen: reads nothing, the pipe fills
+        slowest = 0.0
+        for _ in range(200):
+            t0 = time.perf_counter()
+            proc.send(_batch(200))
+            slowest = max(slowest, time.perf_counter() - t0)
+        assert proc.dropped > 0
+        assert slowest < 0.05
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        await proc.close()
+    assert not proc.alive
+
+
+async def test_the_exporter_process_exports_the_rest_and_exits_on_cleanup(aiohttp_server, fake_openai, receiver):
+    from proxy.app import build_app
+    server = await aiohttp_server(build_app(traced_config(receiver, fake_openai)))
+    tracing = server.app[GATEWAY].telemetry.tracing
+    pid = tracing.exporter.pid
+    assert pid is not None and tracing.exporter.alive          # started with the app, before any request
+    await client(server).chat.completions.create(model="gpt", messages=[{"role": "user", "content": "hi"}])
+    await server.close()                                       # app cleanup: last batch, close the pipe, join
+    assert not tracing.exporter.alive
+    assert tracing.exporter._proc.exitcode == 0
+    assert any(s.kind == "SERVER" for s in receiver.spans)     # the last batch was exported on the way out

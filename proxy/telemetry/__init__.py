@@ -22,7 +22,7 @@ from proxy.pipeline import Handler, Stage
 from proxy.providers.base import WireRequest
 from proxy.telemetry.logging import log_access
 from proxy.telemetry.metrics import Metrics
-from proxy.telemetry.tracing import Span, Tracing, resolve
+from proxy.telemetry.tracing import SpanRecord, Tracing, resolve
 
 Binder = Callable[[Stage, Handler], Handler]
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -37,12 +37,11 @@ def _code(exc: BaseException) -> str:
 
 
 class Telemetry:
-    def __init__(self, config: Config, env: Mapping[str, str] | None = None, exporter: object = None) -> None:
+    def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
         tc = config.telemetry
         settings = resolve(tc.tracing, env)
         types = {name: p.type for name, p in config.providers.items()}
-        self.tracing: Tracing | None = (Tracing(settings, exporter, types)  # type: ignore[arg-type]
-                                        if settings is not None else None)
+        self.tracing: Tracing | None = Tracing(settings, types) if settings is not None else None
         self.metrics: Metrics | None = Metrics(m.name for m in config.models) if tc.metrics.enabled else None
         self.access_log = tc.logs.access_log
         self.metrics_key = tc.metrics.key
@@ -106,6 +105,11 @@ class Telemetry:
             return True
         return None
 
+    def start(self) -> None:
+        """App startup: start the span exporter process (tracing on only)."""
+        if self.tracing is not None:
+            self.tracing.start()
+
     async def close(self) -> None:
         if self.tracing is not None:
             await self.tracing.shutdown()
@@ -118,13 +122,13 @@ class _Attempt:
 
     def __init__(self, hook: AttemptHook, call: ChatCall, target: Target, wire: WireRequest) -> None:
         self.hook, self.call, self.target, self.wire = hook, call, target, wire
-        self.span: Span | None = None
+        self.span: SpanRecord | None = None
 
     def __enter__(self) -> None:
         call, wire, tracing = self.call, self.wire, self.hook.tracing
         if tracing is not None:
             self.span = tracing.start_attempt(call, self.target.provider, self.target.model)
-            if self.span is not None:
+            if self.span is not None:     # sampled; unsampled passes the client's context on as is
                 # A new dict: the provider's headers dict is shared by all its requests.
                 wire.headers = {**wire.headers, **tracing.trace_headers(self.span)}
                 return

@@ -1,89 +1,46 @@
 """OTLP traces: one SERVER span per request, a child span per pipeline stage and per upstream attempt.
 
-Spans are carried explicitly on the call (`call.extras`), never through the ambient context, so a stream
-relayed after the handler returned still ends its spans at the right time. The tracer provider is ours
-(not the global one): each app owns its exporter thread and shuts it down on cleanup. Export runs on the
-BatchSpanProcessor's thread with a bounded queue: a slow or dead collector drops spans, never requests.
+Spans are small records (`SpanRecord`) carried explicitly on the call (`call.extras`), never through the
+ambient context, so a stream relayed after the handler returned still ends its spans at the right time.
+Sampling is decided once per trace (parent-based, then a trace-id ratio like TraceIdRatioBased); an
+unsampled request records nothing. Finished spans are buffered and handed in batches to the exporter
+subprocess (otlp_export), which speaks OTLP through the official exporter: a request pays a few
+microseconds per span, and a slow or dead collector drops spans, never requests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
+from random import getrandbits
 from typing import Any
 
-import msgspec
 import orjson
-from opentelemetry.context import Context
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from proxy import __version__
-from proxy.config import TracingConfig
 from proxy.context import ChatCall, Reply
 from proxy.pipeline import Handler, Stage
 from proxy.telemetry import facts
+from proxy.telemetry.otlp_export import (
+    KIND_CLIENT,
+    KIND_INTERNAL,
+    KIND_SERVER,
+    STATUS_ERROR,
+    ExportProcess,
+    ExportSettings,
+    SpanRecord,
+    make_exporter,
+)
+from proxy.telemetry.trace_settings import TracingSettings, parse_traceparent, resolve
 
-SPAN, CTX = "otel.span", "otel.ctx"
+SPAN = "otel.span"
+TAP = "relay_tap"                # call.extras: the relay appends the client-bound bytes here (proxy/streaming/relay)
 CONTENT_LIMIT = 64 * 1024        # bytes of prompt / completion kept on a span when record_content is on
-_EMPTY = Context()
+BATCH = 512                      # spans per hand-off to the exporter process
+DELAY = 0.25                     # seconds a finished span may wait for its batch
 
-
-class TracingSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """`telemetry.tracing` merged with the standard OTEL_* variables (config wins)."""
-
-    endpoint: str          # "" means: let the exporter read OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT itself
-    protocol: str
-    service_name: str
-    sample_ratio: float
-    record_content: bool
-    headers: dict[str, str]
-    max_queue_size: int
-    export_timeout: float
-
-
-def resolve(cfg: TracingConfig, env: Mapping[str, str] | None = None) -> TracingSettings | None:
-    """None when tracing is off: no endpoint anywhere, OTEL_SDK_DISABLED, or OTEL_TRACES_EXPORTER=none."""
-    env = os.environ if env is None else env
-    if env.get("OTEL_SDK_DISABLED", "").lower() == "true" or env.get("OTEL_TRACES_EXPORTER", "") == "none":
-        return None
-    if not (cfg.endpoint or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
-        return None
-    protocol = (cfg.protocol or env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-                or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
-    ratio = cfg.sample_ratio
-    if ratio is None:
-        sampler = env.get("OTEL_TRACES_SAMPLER", "")
-        ratio = 0.0 if sampler in ("always_off", "parentbased_always_off") else 1.0
-        if sampler in ("traceidratio", "parentbased_traceidratio"):
-            try:
-                ratio = float(env.get("OTEL_TRACES_SAMPLER_ARG", "1"))
-            except ValueError:
-                ratio = 1.0
-    return TracingSettings(
-        endpoint=cfg.endpoint, protocol="grpc" if protocol == "grpc" else "http/protobuf",
-        service_name=cfg.service_name or env.get("OTEL_SERVICE_NAME") or "llm-service",
-        sample_ratio=min(max(ratio, 0.0), 1.0), record_content=cfg.record_content, headers=dict(cfg.headers),
-        max_queue_size=max(cfg.max_queue_size, 1), export_timeout=cfg.export_timeout)
-
-
-def make_exporter(s: TracingSettings) -> SpanExporter:
-    headers = s.headers or None
-    if s.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-        return GrpcExporter(endpoint=s.endpoint or None, headers=headers, timeout=s.export_timeout)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-    url = s.endpoint
-    if url and not url.rstrip("/").endswith("/v1/traces"):
-        url = url.rstrip("/") + "/v1/traces"      # config takes a base URL, like OTEL_EXPORTER_OTLP_ENDPOINT
-    return HttpExporter(endpoint=url or None, headers=headers, timeout=s.export_timeout)
+__all__ = ["SpanRecord", "Tracing", "TracingSettings", "make_exporter", "parse_traceparent", "resolve"]
 
 
 def stage_name(stage: Stage) -> str:
@@ -94,35 +51,77 @@ def stage_name(stage: Stage) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", cls).lower()
 
 
-def _fail(span: Span, exc: BaseException) -> None:
+def _fail(span: SpanRecord, exc: BaseException) -> None:
+    attrs = span.attributes if span.attributes is not None else {}
+    span.attributes = attrs
+    span.status = STATUS_ERROR
     if isinstance(exc, asyncio.CancelledError):
-        span.set_status(Status(StatusCode.ERROR, "cancelled"))
-        span.set_attribute("error.type", "cancelled")
+        span.message = attrs["error.type"] = "cancelled"
         return
-    span.set_status(Status(StatusCode.ERROR, getattr(exc, "message", None) or type(exc).__name__))
-    span.set_attribute("error.type", getattr(exc, "code", None) or type(exc).__name__)
+    span.message = getattr(exc, "message", None) or type(exc).__name__
+    attrs["error.type"] = getattr(exc, "code", None) or type(exc).__name__
 
 
 class Tracing:
-    def __init__(self, settings: TracingSettings, exporter: SpanExporter | None = None,
-                 provider_types: Mapping[str, str] | None = None) -> None:
+    def __init__(self, settings: TracingSettings, provider_types: Mapping[str, str] | None = None) -> None:
         self.settings = settings
-        resource = Resource.create({"service.name": settings.service_name, "service.version": __version__})
-        self.provider = TracerProvider(resource=resource,
-                                       sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)))
-        self.provider.add_span_processor(BatchSpanProcessor(
-            exporter or make_exporter(settings), max_queue_size=settings.max_queue_size,
-            max_export_batch_size=min(512, settings.max_queue_size), schedule_delay_millis=500,
-            export_timeout_millis=settings.export_timeout * 1000))
-        self.tracer = self.provider.get_tracer("llm-service", __version__)
-        self.propagator = TraceContextTextMapPropagator()
+        # TraceIdRatioBased: sampled when the trace id's low 64 bits are below ratio * 2**64.
+        self._bound = round(settings.sample_ratio * (1 << 64))
+        self.exporter = ExportProcess(ExportSettings(
+            endpoint=settings.endpoint, protocol=settings.protocol, service_name=settings.service_name,
+            headers=settings.headers, export_timeout=settings.export_timeout,
+            max_queue_size=settings.max_queue_size))
         self.provider_types = dict(provider_types or {})
         self.record_content = settings.record_content
+        self._buffer: list[SpanRecord] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def dropped(self) -> int:
+        return self.exporter.dropped
+
+    # -- recording and hand-off -------------------------------------------------------------------------
+
+    def _finish(self, span: SpanRecord) -> None:
+        buf = self._buffer
+        buf.append(span)
+        if len(buf) >= BATCH:
+            self._hand_off()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(DELAY, self._hand_off)
+
+    def _hand_off(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._buffer = self._buffer, []
+        if batch:
+            self.exporter.send(batch)
+
+    def start(self) -> None:
+        """Start the exporter process (app startup), so the first requests do not pay for it."""
+        self.exporter.start()
 
     # -- the request span ------------------------------------------------------------------------------
 
+    def _sample(self, call: ChatCall) -> tuple[str, int, bool, str] | None:
+        """(trace id, parent span id, remote parent, tracestate) when this request is sampled."""
+        header = call.headers.get("traceparent")
+        parsed = parse_traceparent(header) if header else None
+        if parsed is not None:
+            if not parsed[2]:
+                return None            # ParentBased: the client's decision holds
+            return parsed[0], parsed[1], True, call.headers.get("tracestate", "").strip()
+        bits = getrandbits(128) or 1
+        if (bits & 0xFFFFFFFFFFFFFFFF) >= self._bound:
+            return None
+        return f"{bits:032x}", 0, False, ""
+
     def start_request(self, call: ChatCall) -> None:
-        parent = self.propagator.extract(call.headers) if "traceparent" in call.headers else _EMPTY
+        sampled = self._sample(call)
+        if sampled is None:
+            return
+        trace_id, parent_id, remote, state = sampled
         start = time.time_ns() - int((time.monotonic() - call.started) * 1e9)
         op = facts.operation(call)
         attrs: dict[str, Any] = {"gen_ai.operation.name": op, "gen_ai.request.model": call.model,
@@ -137,15 +136,19 @@ class Tracing:
             attrs["gen_ai.request.stream"] = True
         if self.record_content:
             attrs["gen_ai.input.messages"] = orjson.dumps(body.get("messages")).decode()[:CONTENT_LIMIT]
-        span = self.tracer.start_span(f"{op} {call.model}", context=parent, kind=SpanKind.SERVER,
-                                      start_time=start, attributes=attrs)
-        call.extras[SPAN] = span
-        call.extras[CTX] = set_span_in_context(span)
+        if call.stream and TAP not in call.extras:
+            call.extras[TAP] = []  # the relay's tap: read once at the end instead of a wrapper on every chunk
+        call.extras[SPAN] = SpanRecord(
+            name=f"{op} {call.model}", kind=KIND_SERVER, trace_id=trace_id, span_id=getrandbits(64) or 1,
+            parent_id=parent_id, start_ns=start, attributes=attrs, remote_parent=remote, trace_state=state)
 
     def watch(self, call: ChatCall, reply: Reply) -> None:
         """Collect finish reasons and the response model from what goes out, by a byte scan."""
+        if SPAN not in call.extras:
+            return
         if reply.chunks is not None:
-            reply.chunks = self._watch_stream(call, reply.chunks)
+            if not call.attempts:        # not relayed from a provider (a cache replay): no tap, watch the chunks
+                reply.chunks = self._watch_stream(call, reply.chunks)
         elif reply.body:
             reasons: list[str] = []
             facts.scan_finish_reasons(reply.body, reasons)
@@ -175,21 +178,29 @@ class Tracing:
                 await aclose()
 
     def end_request(self, call: ChatCall) -> None:
-        extras = call.extras
-        span: Span | None = extras.pop(SPAN, None)
-        extras.pop(CTX, None)
+        span: SpanRecord | None = call.extras.pop(SPAN, None)
         if span is None:
             return
-        if span.is_recording():
-            span.update_name(f"{facts.operation(call)} {call.model}")
-            span.set_attributes(self._result_attributes(call))
-            status = facts.status(call)
-            span.set_attribute("http.response.status_code", status)
-            if status >= 400 or call.error:
-                span.set_attribute("error.type", facts.error_code(call) or str(status))
-                if status >= 500 or call.error:
-                    span.set_status(Status(StatusCode.ERROR, call.error or str(status)))
-        span.end()
+        tap: list[bytes] | None = call.extras.get(TAP)
+        if tap and "otel.finish" not in call.extras:      # a relayed stream: scan what went out, once
+            raw = b"".join(tap)
+            reasons: list[str] = []
+            facts.scan_finish_reasons(raw, reasons)
+            call.extras["otel.finish"], call.extras["otel.model"] = reasons, facts.scan_model(raw)
+            if self.record_content:
+                call.extras["otel.output"] = _stream_output(raw[:4 * CONTENT_LIMIT])
+        span.name = f"{facts.operation(call)} {call.model}"
+        attrs = span.attributes if span.attributes is not None else {}
+        attrs.update(self._result_attributes(call))
+        status = facts.status(call)
+        attrs["http.response.status_code"] = status
+        if status >= 400 or call.error:
+            attrs["error.type"] = facts.error_code(call) or str(status)
+            if status >= 500 or call.error:
+                span.status, span.message = STATUS_ERROR, call.error or str(status)
+        span.attributes = attrs
+        span.end_ns = time.time_ns()
+        self._finish(span)
 
     def _result_attributes(self, call: ChatCall) -> dict[str, Any]:
         extras = call.extras
@@ -230,83 +241,92 @@ class Tracing:
     def bind_stage(self, stage: Stage, nxt: Handler) -> Handler:
         """compose()'s binder when tracing is on: a span from entering the stage until it hands on (or
         rejects), so stage spans are siblings under the request span and show each stage's own time."""
-        name, tracer = "pipeline." + stage_name(stage), self.tracer
+        name, finish = "pipeline." + stage_name(stage), self._finish
 
         async def run(call: ChatCall) -> Reply:
-            ctx = call.extras.get(CTX)
-            if ctx is None:
+            root: SpanRecord | None = call.extras.get(SPAN)
+            if root is None:
                 return await stage(call, nxt)
-            span = tracer.start_span(name, context=ctx)
-            ended = False
+            span = SpanRecord(name=name, kind=KIND_INTERNAL, trace_id=root.trace_id, span_id=getrandbits(64) or 1,
+                              parent_id=root.span_id, start_ns=time.time_ns(), trace_state=root.trace_state)
 
             async def handoff(c: ChatCall) -> Reply:
-                nonlocal ended
-                if not ended:
-                    ended = True
-                    span.end()
+                if not span.end_ns:
+                    span.end_ns = time.time_ns()
+                    finish(span)
                 return await nxt(c)
 
             try:
                 return await stage(call, handoff)
             except BaseException as e:
-                if not ended:
+                if not span.end_ns:
                     _fail(span, e)
                 raise
             finally:
-                if not ended:
-                    span.end()
+                if not span.end_ns:
+                    span.end_ns = time.time_ns()
+                    finish(span)
 
         run.__qualname__ = f"{type(stage).__name__}.traced"
         return run
 
-    def start_attempt(self, call: ChatCall, provider: str, model: str) -> Span | None:
-        ctx = call.extras.get(CTX)
-        if ctx is None:
+    def start_attempt(self, call: ChatCall, provider: str, model: str) -> SpanRecord | None:
+        root: SpanRecord | None = call.extras.get(SPAN)
+        if root is None:
             return None
         op = facts.operation(call)
-        return self.tracer.start_span(f"{op} {model}", context=ctx, kind=SpanKind.CLIENT, attributes={
-            "gen_ai.operation.name": op, "gen_ai.request.model": model, "llm_service.provider": provider,
-            "gen_ai.provider.name": facts.provider_name(self.provider_types.get(provider, provider)),
-            "llm_service.attempt": call.attempts})
+        return SpanRecord(
+            name=f"{op} {model}", kind=KIND_CLIENT, trace_id=root.trace_id, span_id=getrandbits(64) or 1,
+            parent_id=root.span_id, start_ns=time.time_ns(), trace_state=root.trace_state, attributes={
+                "gen_ai.operation.name": op, "gen_ai.request.model": model, "llm_service.provider": provider,
+                "gen_ai.provider.name": facts.provider_name(self.provider_types.get(provider, provider)),
+                "llm_service.attempt": call.attempts})
 
-    def trace_headers(self, span: Span) -> dict[str, str]:
+    @staticmethod
+    def trace_headers(span: SpanRecord) -> dict[str, str]:
         """W3C traceparent (and tracestate) naming `span`, for the upstream request."""
-        headers: dict[str, str] = {}
-        self.propagator.inject(headers, context=set_span_in_context(span))
+        headers = {"traceparent": f"00-{span.trace_id}-{span.span_id:016x}-01"}
+        if span.trace_state:
+            headers["tracestate"] = span.trace_state
         return headers
 
-    def end_attempt(self, span: Span, call: ChatCall, exc: BaseException | None) -> None:
+    def end_attempt(self, span: SpanRecord, call: ChatCall, exc: BaseException | None) -> None:
         if exc is not None:
             _fail(span, exc)
-            span.end()
+            span.end_ns = time.time_ns()
+            self._finish(span)
             return
         if call.stream:
             call.on_finish(lambda c: self._end_streamed_attempt(span, c))   # after the last byte
             return
         self._attempt_result(span, call)
-        span.end()
 
-    def _end_streamed_attempt(self, span: Span, call: ChatCall) -> None:
+    def _end_streamed_attempt(self, span: SpanRecord, call: ChatCall) -> None:
         if call.error:
-            span.set_status(Status(StatusCode.ERROR, call.error))
-            span.set_attribute("error.type", facts.error_code(call) or "stream_error")
+            span.status, span.message = STATUS_ERROR, call.error
+            assert span.attributes is not None
+            span.attributes["error.type"] = facts.error_code(call) or "stream_error"
         self._attempt_result(span, call)
-        span.end()
 
-    def _attempt_result(self, span: Span, call: ChatCall) -> None:
+    def _attempt_result(self, span: SpanRecord, call: ChatCall) -> None:
         u = call.usage
-        if u is not None and span.is_recording():
-            span.set_attributes({"gen_ai.usage.input_tokens": u.prompt_tokens,
-                                 "gen_ai.usage.output_tokens": u.completion_tokens})
+        if u is not None and span.attributes is not None:
+            span.attributes["gen_ai.usage.input_tokens"] = u.prompt_tokens
+            span.attributes["gen_ai.usage.output_tokens"] = u.completion_tokens
+        span.end_ns = time.time_ns()
+        self._finish(span)
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
     async def flush(self, within: float = 10.0) -> bool:
-        """Export what is queued (tests, shutdown). Runs on a thread: the exporter may be on this loop."""
-        return await asyncio.to_thread(self.provider.force_flush, int(within * 1000))
+        """Export what is recorded so far and wait for the collector's answer (tests, shutdown)."""
+        self._hand_off()
+        return await self.exporter.flush(within)
 
     async def shutdown(self) -> None:
-        await asyncio.to_thread(self.provider.shutdown)
+        """Hand off the last batch; the exporter process exports it and exits."""
+        self._hand_off()
+        await self.exporter.close()
 
 
 def _output_messages(body: bytes) -> str | None:
