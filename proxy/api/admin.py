@@ -11,10 +11,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.api.parse import credential_from
+from proxy.api.guard import json_object, require_master
 from proxy.audit import ACTOR, client_ip
-from proxy.errors import Forbidden, InvalidRequest, Unavailable
-from proxy.gateway import GATEWAY
+from proxy.errors import InvalidRequest, Unavailable
 from proxy.keyservice import KeyStore, key_json, parse_time
 from proxy.store import AuditQuery
 
@@ -23,28 +22,11 @@ MAX_LIMIT = 1000
 
 
 async def _admin(request: web.Request) -> KeyStore:
-    gw = request.app[GATEWAY]
-    who = await gw.auth.authenticate(credential_from(request.headers))
-    request[ACTOR] = who.id
-    if not who.is_master:
-        raise Forbidden("The admin API needs the master key; virtual keys may not use it.")
+    await require_master(request)
     store = request.app.get(KEYSTORE)
     if store is None:
         raise Unavailable("The key store is not configured.")
     return store
-
-
-async def _body(request: web.Request, *, optional: bool = False) -> Any:
-    raw = await request.read()
-    if optional and not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("We could not parse the JSON body of your request.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return body
 
 
 def _limit(request: web.Request, default: int = 20) -> int:
@@ -79,7 +61,7 @@ def _json(obj: Any, status: int = 200) -> web.Response:
 
 async def create_key(request: web.Request) -> web.Response:
     store = await _admin(request)
-    rec, secret = await store.create(await _body(request), actor=request[ACTOR], ip=client_ip(request))
+    rec, secret = await store.create(await json_object(request), actor=request[ACTOR], ip=client_ip(request))
     return _json(key_json(rec, secret))
 
 
@@ -101,7 +83,7 @@ async def get_key(request: web.Request) -> web.Response:
 
 async def patch_key(request: web.Request) -> web.Response:
     store = await _admin(request)
-    rec = await store.update(request.match_info["id"], await _body(request), actor=request[ACTOR],
+    rec = await store.update(request.match_info["id"], await json_object(request), actor=request[ACTOR],
                              ip=client_ip(request))
     return _json(key_json(rec))
 
@@ -114,7 +96,7 @@ async def delete_key(request: web.Request) -> web.Response:
 
 async def rotate_key(request: web.Request) -> web.Response:
     store = await _admin(request)
-    body = await _body(request, optional=True)
+    body = await json_object(request, optional=True)
     unknown = sorted(set(body) - {"grace_period"})
     if unknown:
         raise InvalidRequest(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0],

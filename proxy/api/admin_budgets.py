@@ -13,12 +13,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.api.parse import credential_from
+from proxy.api.guard import json_object, require_master
 from proxy.audit import ACTOR, client_ip
 from proxy.cost.accounting import Accounting
 from proxy.cost.periods import iso, period_start
 from proxy.cost.prices import usd, usd_to_nanos
-from proxy.errors import Forbidden, InvalidRequest, NotFound, Unavailable
+from proxy.errors import InvalidRequest, NotFound, Unavailable
 from proxy.gateway import GATEWAY
 from proxy.store import budgets as sql
 from proxy.store.budgets import PERIODS, SCOPES, Budget
@@ -31,24 +31,11 @@ assert "budget" in GROUPS
 
 
 async def _admin(request: web.Request) -> Accounting:
+    await require_master(request)
     gw = request.app[GATEWAY]
-    who = await gw.auth.authenticate(credential_from(request.headers))
-    request[ACTOR] = who.id
-    if not who.is_master:
-        raise Forbidden("The admin API needs the master key; virtual keys may not use it.")
     if gw.accounting is None:
         raise Unavailable("Budgets need accounting.enabled and a ledger.")
     return gw.accounting
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("We could not parse the JSON body of your request.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return body
 
 
 def _bad(param: str, msg: str, code: str = "invalid_value") -> InvalidRequest:
@@ -132,7 +119,7 @@ async def _audit(request: web.Request, action: str, target: str, detail: dict[st
 
 async def create(request: web.Request) -> web.Response:
     acct = await _admin(request)
-    f = validate(await _body(request), patch=False)
+    f = validate(await json_object(request), patch=False)
     if await sql.get(acct.ledger, f["id"]) is not None:
         raise InvalidRequest(f"A budget with id '{f['id']}' already exists.", param="id", code="duplicate_id")
     now = time.time()
@@ -173,7 +160,7 @@ async def patch(request: web.Request) -> web.Response:
     acct = await _admin(request)
     bid = request.match_info["id"]
     await _get(acct, bid)
-    f = validate(await _body(request), patch=True)
+    f = validate(await json_object(request), patch=True)
     b = await sql.update(acct.ledger, bid, f)
     acct.budgets.forget(bid)
     await _audit(request, "budget.update", bid, {"fields": sorted(f)})

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.api.parse import credential_from
-from proxy.errors import Forbidden, InvalidRequest, NotFound, Unavailable
+from proxy.api.guard import require_master
+from proxy.errors import InvalidRequest, NotFound, Unavailable
 from proxy.gateway import GATEWAY
 from proxy.kv import KVError
 from proxy.pipeline.cache import CacheStage
@@ -22,10 +22,8 @@ SELECTORS = ("key", "model", "namespace", "source_id", "key_id", "all")
 
 
 async def _cache_for(request: web.Request) -> CacheStage:
+    await require_master(request)
     gw = request.app[GATEWAY]
-    who = await gw.auth.authenticate(credential_from(request.headers))
-    if not who.is_master:
-        raise Forbidden("Only the master key may manage the response cache.")
     if gw.cache is None:
         raise NotFound("The response cache is not enabled.")
     return gw.cache

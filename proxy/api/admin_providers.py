@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.api.parse import credential_from
-from proxy.errors import Forbidden
+from proxy.api.guard import require_master
 from proxy.gateway import GATEWAY
 
 
 async def providers(request: web.Request) -> web.Response:
+    await require_master(request)
     gw = request.app[GATEWAY]
-    key = await gw.auth.authenticate(credential_from(request.headers))
-    if not key.is_master:
-        raise Forbidden("The admin API needs the master key.")
     snap = gw.router.health.snapshot()
     data = []
     for name, b in gw.backends.items():

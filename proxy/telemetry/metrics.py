@@ -30,6 +30,7 @@ class Metrics:
     def __init__(self, models: Iterable[str] = (), namespace: str = "llm") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.models = frozenset(models)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r, ns = self.registry, namespace
         by_call = ("model", "provider", "status")
         self.requests = Counter("requests", "Requests finished, by model, provider and HTTP status.",
@@ -81,34 +82,43 @@ class Metrics:
         provider = facts.provider_of(call) or "none"
         status = facts.status(call)
         st = str(status)
-        self.requests.labels(model, provider, st).inc()
-        self.latency.labels(model, provider, st).observe(latency)
+        self._child(self.requests, model, provider, st).inc()
+        self._child(self.latency, model, provider, st).observe(latency)
         ttft = facts.ttft_seconds(call)
         if ttft is not None:
-            self.ttft.labels(model, provider).observe(ttft)
+            self._child(self.ttft, model, provider).observe(ttft)
         u = call.usage
         if u is not None:
             if u.prompt_tokens:
-                self.tokens.labels(model, provider, "input").inc(u.prompt_tokens)
+                self._child(self.tokens, model, provider, "input").inc(u.prompt_tokens)
             if u.completion_tokens:
-                self.tokens.labels(model, provider, "output").inc(u.completion_tokens)
+                self._child(self.tokens, model, provider, "output").inc(u.completion_tokens)
             if u.cached_tokens:
-                self.tokens.labels(model, provider, "cached_input").inc(u.cached_tokens)
+                self._child(self.tokens, model, provider, "cached_input").inc(u.cached_tokens)
         cost = facts.cost(call)
         if cost:
-            self.cost.labels(model, provider).inc(cost)
+            self._child(self.cost, model, provider).inc(cost)
         cache = facts.cache_status(call)
         if cache is not None:
-            self.cache.labels(cache).inc()
+            self._child(self.cache, cache).inc()
         if status >= 400 or call.error:
             code = facts.error_code(call) or "error"
-            self.errors.labels(st, code).inc()
+            self._child(self.errors, st, code).inc()
             reason = facts.REJECTIONS.get(code)
             if reason is not None and not call.attempts:
-                self.rejections.labels(reason).inc()
+                self._child(self.rejections, reason).inc()
 
     def attempt(self, provider: str, outcome: str) -> None:
-        self.attempts.labels(provider, outcome).inc()
+        self._child(self.attempts, provider, outcome).inc()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(...)` memoised: label sets are few (configured models, providers, statuses),
+        and skipping prometheus_client's validation and lock saves most of the per-request cost."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # -- for other parts of the gateway ---------------------------------------------------------------
 

@@ -1,0 +1,36 @@
+"""What every /admin route checks first: the caller holds the master key. And a JSON-object body reader."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.api.parse import credential_from
+from proxy.audit import ACTOR
+from proxy.errors import Forbidden, InvalidRequest
+from proxy.gateway import GATEWAY
+from proxy.pipeline.auth import Principal
+
+
+async def require_master(request: web.Request) -> Principal:
+    """401 without a valid key, 403 for a virtual key; records the actor for the audit log."""
+    who = await request.app[GATEWAY].auth.authenticate(credential_from(request.headers))
+    request[ACTOR] = who.id
+    if not who.is_master:
+        raise Forbidden("The admin API needs the master key; virtual keys may not use it.")
+    return who
+
+
+async def json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    raw = await request.read()
+    if optional and not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("We could not parse the JSON body of your request.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
