@@ -207,7 +207,8 @@ def main() -> None:
     upstream_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
     procs.append(spawn(["-m", "bench.bare_relay", str(relay_port), upstream_url]))
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(proxy_config(up_port, proxy_port, long_port, anth_port))
+        # BENCH_PROXY_EXTRA: YAML appended to the proxy's config, e.g. to switch stages off and measure the core.
+        f.write(proxy_config(up_port, proxy_port, long_port, anth_port, os.environ.get("BENCH_PROXY_EXTRA", "")))
     proxy = spawn(["-m", "proxy", "serve", "--config", f.name])
     procs.append(proxy)
     try:
@@ -227,7 +228,7 @@ def main() -> None:
         for p in procs:
             p.wait(5)
         os.unlink(f.name)
-    results["extra"] = extras()
+    results["extra"] = extras() if os.environ.get("BENCH_EXTRAS", "1") != "0" else {}
     results["wall_seconds"] = round(time.time() - t0, 1)
     (HERE / "results.json").write_text(json.dumps(results, indent=2))
     report(results)

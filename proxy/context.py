@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,7 +70,7 @@ class ChatCall:
     credential: str | None = None          # the key the client presented (never logged, never forwarded)
     endpoint: str = "chat.completions"     # or "embeddings", ...
     ingress: str = "rest"
-    request_id: str = field(default_factory=lambda: "req_" + uuid.uuid4().hex[:24])
+    request_id: str = field(default_factory=lambda: "req_" + os.urandom(12).hex())
     started: float = field(default_factory=time.monotonic)
     headers: dict[str, str] = field(default_factory=dict)   # request headers, lower-case names, minus credentials
     key: Any = None                        # the authenticated key (master or virtual)

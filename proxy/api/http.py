@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -32,7 +32,7 @@ def error_response(err: ProxyError, request_id: str) -> web.Response:
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = request.headers.get("x-request-id", "")
     if not _REQUEST_ID.match(rid):
-        rid = "req_" + uuid.uuid4().hex[:24]
+        rid = "req_" + os.urandom(12).hex()
     request[REQUEST_ID] = rid
     try:
         resp = await handler(request)

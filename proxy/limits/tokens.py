@@ -14,6 +14,8 @@ import logging
 import threading
 from typing import Any
 
+from proxy.cost.tokens import encoding_for
+
 log = logging.getLogger("proxy.limits")
 
 PER_MESSAGE = 3
@@ -119,8 +121,6 @@ class TokenEstimator:
 
 
 def _encoding_name(model: str) -> str | None:
-    try:
-        import bpe_openai
-        return bpe_openai.encoding_name_for_model(model)
-    except Exception:
-        return None
+    # One model -> encoding rule for the gateway (proxy/cost/tokens.py). bpe_openai's own
+    # encoding_name_for_model() loads every table it knows (~1 s of CPU, ~100 MB) just to answer.
+    return encoding_for(model)

@@ -11,6 +11,8 @@ from proxy.routing.health import Health
 
 def ordered(model: ModelConfig, health: Health, price: Callable[[Target], float | None] | None = None,
             rng: random.Random | None = None) -> list[Target]:
+    if len(model.targets) == 1:
+        return model.targets
     groups: dict[int, list[Target]] = {}
     for i, t in enumerate(model.targets):
         groups.setdefault(t.priority if t.priority is not None else i, []).append(t)
