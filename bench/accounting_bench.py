@@ -26,7 +26,7 @@ from proxy.gateway import GATEWAY
 
 MASTER = "sk-bench-master"
 SEQUENTIAL = int(os.environ.get("BENCH_ACCOUNTING_SEQ", "1000"))
-SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
 HEADERS = {"Authorization": f"Bearer {MASTER}", "Content-Type": "application/json"}
 
 

@@ -132,7 +132,7 @@ def _cpu_of(pid: int | None) -> float:
         return 0.0
 
 
-def run(seconds: float = 4.0, concurrency: int = 16, stream: bool = True, sample_ratio: float = 1.0,
+def run(seconds: float = 3.0, concurrency: int = 16, stream: bool = True, sample_ratio: float = 1.0,
         rounds: int = 3) -> dict[str, Any]:
     """Median requests/s with tracing off and on; `drop_pct` is the throughput lost to tracing."""
     try:

@@ -66,6 +66,11 @@ class ChunkWriter:
         return (head + idx + b',"delta":' + orjson.dumps(delta) + b',"logprobs":null,"finish_reason":'
                 + orjson.dumps(finish_reason) + b"}]" + (b',"usage":null}\n\n' if self.include_usage else b"}\n\n"))
 
+    def raw_delta(self, delta_json: bytes, index: int = 0) -> bytes:
+        """A chunk whose delta is already valid JSON (e.g. a provider's string literal spliced in)."""
+        idx = b"0" if index == 0 else str(index).encode()
+        return self._prefix() + idx + b',"delta":' + delta_json + self._tail
+
     def usage(self, usage: Usage) -> bytes:
         """The final usage chunk (empty choices), only when the client asked for it."""
         if not self.include_usage:

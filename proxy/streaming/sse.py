@@ -47,6 +47,11 @@ class SSEDecoder:
         return events
 
     def _parse(self, block: bytes) -> Event | None:
+        # Fast path for the common two-line block `event: X\ndata: {...}` (Anthropic, Bedrock-style SSE).
+        if block.startswith(b"event: "):
+            nl = block.find(b"\n")
+            if nl > 0 and block.startswith(b"data: ", nl + 1) and block.find(b"\n", nl + 1) < 0:
+                return Event(block[7:nl].decode(), block[nl + 7:].decode("utf-8", "replace"), self._id)
         event = b""
         data: list[bytes] = []
         for line in block.split(b"\n"):

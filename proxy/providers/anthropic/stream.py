@@ -8,6 +8,7 @@ their blocks start, whatever Anthropic's content-block index is.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -19,6 +20,11 @@ from proxy.streaming.chunks import DONE, ChunkWriter
 from proxy.streaming.sse import Event, SSEDecoder
 
 _TEXT, _TOOL, _ANSWER, _THINKING, _OTHER = range(5)
+
+# Most events of a stream are plain text deltas in exactly this shape: their JSON string literal is
+# spliced into the OpenAI chunk as is (it is valid JSON either way), with no decode and re-encode.
+_TEXT_DELTA = re.compile(r'\{"type":"content_block_delta","index":(\d+),"delta":\{"type":"text_delta",'
+                         r'"text":("(?:[^"\\]|\\.)*")\}\}')
 
 
 class AnthropicStream:
@@ -75,6 +81,11 @@ class AnthropicStream:
     def _event(self, e: Event) -> bytes:
         if self._done or e.event == "ping" or not e.data:
             return b""
+        m = _TEXT_DELTA.fullmatch(e.data)
+        if m is not None and self._blocks.get(int(m.group(1)), (_TEXT, 0))[0] == _TEXT:
+            if m.group(2) == '""':
+                return self._w.delta({"content": ""})
+            return self._w.raw_delta(b'{"content":' + m.group(2).encode() + b"}")
         try:
             obj = orjson.loads(e.data)
         except orjson.JSONDecodeError:
