@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install the package with its dev tools
 
 run: $(STAMP)  ## serve on 127.0.0.1:8080 with config.yaml (prints a dev key if no master key is set)
-	$(BIN)/llm-service serve --config $(CONFIG) --dev-key
+	$(BIN)/llm-service serve --config $(CONFIG)
 
 test: $(STAMP)  ## run the test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
