@@ -11,14 +11,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.api.guard import json_object, require_master
+from proxy.api.guard import json_object, limit_param, require_master
 from proxy.audit import ACTOR, client_ip
 from proxy.errors import InvalidRequest, Unavailable
 from proxy.keyservice import KeyStore, key_json, parse_time
 from proxy.store import AuditQuery
 
 KEYSTORE = web.AppKey("keystore", KeyStore)
-MAX_LIMIT = 1000
 
 
 async def _admin(request: web.Request) -> KeyStore:
@@ -27,20 +26,6 @@ async def _admin(request: web.Request) -> KeyStore:
     if store is None:
         raise Unavailable("The key store is not configured.")
     return store
-
-
-def _limit(request: web.Request, default: int = 20) -> int:
-    raw = request.query.get("limit")
-    if raw is None:
-        return default
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= MAX_LIMIT:
-        raise InvalidRequest(f"Invalid 'limit': expected an integer between 1 and {MAX_LIMIT}.", param="limit",
-                             code="invalid_value")
-    return n
 
 
 def _page(items: list[dict[str, Any]], limit: int) -> web.Response:
@@ -67,7 +52,7 @@ async def create_key(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     store = await _admin(request)
-    limit = _limit(request)
+    limit = limit_param(request)
     include = request.query.get("include_revoked", "false").lower() in ("1", "true", "yes")
     recs = await store.ledger.list_keys(limit=limit + 1, after=request.query.get("after"), include_revoked=include)
     store.audit.enqueue("key.list", request[ACTOR], ip=client_ip(request))
@@ -132,7 +117,7 @@ def _audit_query(request: web.Request, limit: int) -> AuditQuery:
 async def list_audit(request: web.Request) -> web.Response:
     """Newest first; `after` is the last id of the previous page. Filters: action, actor, target, since, until."""
     store = await _admin(request)
-    limit = _limit(request, 100)
+    limit = limit_param(request, 100)
     query = _audit_query(request, limit)
     await store.audit.flush()                     # include failures still waiting in the queue
     events = await store.ledger.list_audit(query)

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.api.guard import json_object, require_master
+from proxy.api.guard import json_object, limit_param, require_master
 from proxy.audit import ACTOR, client_ip
 from proxy.cost.accounting import Accounting
 from proxy.cost.periods import iso, period_start
@@ -26,7 +26,6 @@ from proxy.store.usage import GROUPS
 
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 FIELDS = ("id", "name", "amount_usd", "period", "scope", "hard")
-MAX_LIMIT = 1000
 assert "budget" in GROUPS
 
 
@@ -144,12 +143,7 @@ async def read(request: web.Request) -> web.Response:
 
 async def list_budgets(request: web.Request) -> web.Response:
     acct = await _admin(request)
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_LIMIT:
-        raise _bad("limit", f"expected an integer between 1 and {MAX_LIMIT}.")
+    limit = limit_param(request, 100)
     rows = await sql.list_all(acct.ledger, limit=limit + 1, after=request.query.get("after"))
     data = [await budget_json(acct, b) for b in rows[:limit]]
     return _json({"object": "list", "data": data, "has_more": len(rows) > limit,

@@ -34,3 +34,21 @@ async def json_object(request: web.Request, *, optional: bool = False) -> dict[s
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body
+
+
+MAX_LIMIT = 1000
+
+
+def limit_param(request: web.Request, default: int = 20, maximum: int = MAX_LIMIT) -> int:
+    """The `limit` query parameter of a paginated list, or a 400 naming it."""
+    raw = request.query.get("limit")
+    if raw is None:
+        return default
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= maximum:
+        raise InvalidRequest(f"Invalid 'limit': expected an integer between 1 and {maximum}.", param="limit",
+                             code="invalid_value")
+    return n

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.api.guard import limit_param
 from proxy.api.parse import credential_from
 from proxy.cost.accounting import Accounting
 from proxy.cost.periods import iso
@@ -23,8 +24,6 @@ from proxy.errors import InvalidRequest, Unavailable
 from proxy.gateway import GATEWAY
 from proxy.keyservice import parse_time
 from proxy.store.usage import GROUPS, UsageEvent, UsageQuery, list_usage, summarize
-
-MAX_LIMIT = 1000
 
 
 def event_json(e: UsageEvent) -> dict[str, Any]:
@@ -90,23 +89,9 @@ def _query(request: web.Request, own: str | None, limit: int) -> UsageQuery:
                       before_id=before, limit=limit + 1)
 
 
-def _limit(request: web.Request, default: int) -> int:
-    raw = request.query.get("limit")
-    if raw is None:
-        return default
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= MAX_LIMIT:
-        raise InvalidRequest(f"Invalid 'limit': expected an integer between 1 and {MAX_LIMIT}.", param="limit",
-                             code="invalid_value")
-    return n
-
-
 async def list_events(request: web.Request) -> web.StreamResponse:
     acct, own = await _caller(request)
-    limit = _limit(request, 100)
+    limit = limit_param(request, 100)
     events = await list_usage(acct.ledger, _query(request, own, limit))
     has_more = len(events) > limit
     events = events[:limit]
