@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.api.guard import json_object, limit_param, require_master
+from proxy.api.guard import json_object, limit_param, require_master, time_param
 from proxy.audit import ACTOR, client_ip
 from proxy.errors import InvalidRequest, Unavailable
-from proxy.keyservice import KeyStore, key_json, parse_time
+from proxy.keyservice import KeyStore, key_json
 from proxy.store import AuditQuery
 
 KEYSTORE = web.AppKey("keystore", KeyStore)
@@ -100,17 +100,8 @@ def _audit_query(request: web.Request, limit: int) -> AuditQuery:
         except ValueError:
             raise InvalidRequest("Invalid 'after': expected an audit event id.", param="after") from None
 
-    def when(name: str) -> float | None:
-        raw = q.get(name)
-        if raw is None:
-            return None
-        try:
-            return parse_time(float(raw), name)
-        except ValueError:
-            return parse_time(raw, name)
-
     return AuditQuery(action=q.get("action"), actor=q.get("actor"), target=q.get("target"),
-                      since=when("since"), until=when("until"),
+                      since=time_param(request, "since"), until=time_param(request, "until"),
                       before_id=before, limit=limit + 1)
 
 

@@ -11,6 +11,7 @@ from proxy.api.parse import credential_from
 from proxy.audit import ACTOR
 from proxy.errors import Forbidden, InvalidRequest
 from proxy.gateway import GATEWAY
+from proxy.keyservice import parse_time
 from proxy.pipeline.auth import Principal
 
 
@@ -52,3 +53,14 @@ def limit_param(request: web.Request, default: int = 20, maximum: int = MAX_LIMI
         raise InvalidRequest(f"Invalid 'limit': expected an integer between 1 and {maximum}.", param="limit",
                              code="invalid_value")
     return n
+
+
+def time_param(request: web.Request, name: str) -> float | None:
+    """A `since`/`until` query parameter: unix seconds or ISO 8601, or a 400 naming it."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        return parse_time(float(raw), name)
+    except ValueError:
+        return parse_time(raw, name)

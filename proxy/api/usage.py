@@ -15,14 +15,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.api.guard import limit_param
+from proxy.api.guard import limit_param, time_param
 from proxy.api.parse import credential_from
 from proxy.cost.accounting import Accounting
 from proxy.cost.periods import iso
 from proxy.cost.prices import usd
 from proxy.errors import InvalidRequest, Unavailable
 from proxy.gateway import GATEWAY
-from proxy.keyservice import parse_time
 from proxy.store.usage import GROUPS, UsageEvent, UsageQuery, list_usage, summarize
 
 
@@ -67,15 +66,6 @@ async def _caller(request: web.Request) -> tuple[Accounting, str | None]:
 def _query(request: web.Request, own: str | None, limit: int) -> UsageQuery:
     q = request.query
 
-    def when(name: str) -> float | None:
-        raw = q.get(name)
-        if raw is None:
-            return None
-        try:
-            return parse_time(float(raw), name)
-        except ValueError:
-            return parse_time(raw, name)
-
     after = q.get("after")
     try:
         before = int(after) if after is not None else None
@@ -85,7 +75,7 @@ def _query(request: web.Request, own: str | None, limit: int) -> UsageQuery:
     if own is not None:
         key = own                              # a virtual key sees only its own usage
     return UsageQuery(request_id=q.get("request_id"), key_id=key, source_id=q.get("source"),
-                      model=q.get("model"), budget_id=q.get("budget"), since=when("since"), until=when("until"),
+                      model=q.get("model"), budget_id=q.get("budget"), since=time_param(request, "since"), until=time_param(request, "until"),
                       before_id=before, limit=limit + 1)
 
 

@@ -4,11 +4,13 @@ processes on one host share one file; writes are short single statements, so the
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import backoff
 
 from proxy.store import migrations
 from proxy.store.sqlbase import SQLLedger
@@ -27,6 +29,18 @@ def sqlite_path(url: str) -> str:
     return rest[1:]
 
 
+def _not_a_lock(e: Exception) -> bool:
+    return "locked" not in str(e) and "busy" not in str(e)
+
+
+@backoff.on_exception(backoff.expo, sqlite3.OperationalError, giveup=_not_a_lock, max_time=BUSY_TIMEOUT_MS / 1000,
+                      factor=0.01, max_value=0.2, logger=None)
+async def _switch_to_wal(db: aiosqlite.Connection) -> None:
+    """Another process opening a fresh file at the same moment makes this answer "database is locked"
+    at once (SQLite does not run the busy handler for a journal-mode change): retry, as busy_timeout would."""
+    await db.execute("PRAGMA journal_mode = WAL")
+
+
 class SQLiteLedger(SQLLedger):
     dialect = "sqlite"
 
@@ -43,7 +57,7 @@ class SQLiteLedger(SQLLedger):
         db = await aiosqlite.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if self.path != ":memory:":
-            await db.execute("PRAGMA journal_mode = WAL")
+            await _switch_to_wal(db)
             await db.execute("PRAGMA synchronous = NORMAL")
         self._db = db
         await self.migrate()
