@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from typing import Any
@@ -28,6 +29,18 @@ async def pg_available() -> str | None:
 
 
 async def drop_schema(schema: str) -> None:
+    for attempt in range(5):
+        try:
+            return await _drop_schema_once(schema)
+        except asyncpg.exceptions.DeadlockDetectedError:
+            # A proxy's last background write (audit, usage) can still hold locks: PostgreSQL aborted
+            # our DROP, not theirs. Try again once they finish.
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
+
+
+async def _drop_schema_once(schema: str) -> None:
     conn = await asyncpg.connect(PG_BASE, timeout=5)
     try:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
