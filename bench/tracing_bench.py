@@ -110,6 +110,8 @@ async def _measure(tracing_endpoint: str, seconds: float, concurrency: int, stre
         ok, errors = await asyncio.to_thread(out.get, True, seconds + 60)
         # CPU over warm-up + measured window (requests counted over the window only): an upper bound.
         cpu, xcpu = time.process_time() - cpu0, _cpu_of(exporter_pid) - xcpu0
+        if tracing is not None:
+            await tracing.flush(30)        # what the exporter process dropped, too
         dropped = tracing.dropped if tracing is not None else 0
     finally:
         proc.join(10)

@@ -10,7 +10,7 @@ from aiohttp import web
 from proxy.api import admin, admin_budgets, admin_cache, admin_providers, chat, health, models, quota, usage
 from proxy.api import metrics as metrics_api
 from proxy.api.http import cors, errors
-from proxy.audit import audit_failures
+from proxy.audit import denial_recorder
 from proxy.config import Config
 from proxy.cost.accounting import Accounting
 from proxy.gateway import GATEWAY, Gateway
@@ -56,11 +56,10 @@ def build_gateway(config: Config, keys: KeyStore | None = None) -> Gateway:
 
 def build_app(config: Config, gateway: Gateway | None = None) -> web.Application:
     gw = gateway or build_gateway(config, KeyStore(config))
-    middlewares = [errors]
+    # 401/403 -> audit log (batched); every error -> OpenAI's envelope
+    middlewares = [errors(denial_recorder(gw.keys.audit) if gw.keys is not None else None)]
     if config.server.cors_origins:
         middlewares.append(cors(config.server.cors_origins))
-    if gw.keys is not None:
-        middlewares.append(audit_failures(gw.keys.audit))     # 401/403 -> audit log, batched
     app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes,
                           handler_args={"max_field_size": config.server.max_header_bytes})
     app[GATEWAY] = gw
@@ -111,7 +110,7 @@ async def _stop_probes(app: web.Application) -> None:
 async def _start_telemetry(app: web.Application) -> None:
     tel = app[GATEWAY].telemetry
     if tel is not None:
-        tel.start()                 # tracing on: starts the span exporter process
+        await tel.start()           # tracing on: starts the span exporter process
 
 
 async def _close_telemetry(app: web.Application) -> None:

@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from proxy.errors import ProxyError
 from proxy.keys import DISPLAY_CHARS, KEY_PREFIX
@@ -96,22 +95,16 @@ def client_ip(request: web.Request) -> str | None:
     return request.remote
 
 
-def audit_failures(audit: AuditLog):
-    """aiohttp middleware (inside `errors`): a 401 or 403 on any route becomes an audit event."""
+def denial_recorder(audit: AuditLog):
+    """For the errors middleware: each 401 or 403 on any route becomes an audit event (queued)."""
     from proxy.api.parse import credential_from
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ProxyError as e:
-            if e.status in (401, 403):
-                detail: dict[str, Any] = {"reason": e.message, "method": request.method, "path": request.path}
-                hint = credential_hint(credential_from(request.headers))
-                if hint:
-                    detail["key_prefix"] = hint
-                action = "auth.failure" if e.status == 401 else "auth.forbidden"
-                audit.enqueue(action, request.get(ACTOR, "anonymous"), ip=client_ip(request), detail=detail)
-            raise
+    def record(request: web.Request, e: ProxyError) -> None:
+        detail: dict[str, Any] = {"reason": e.message, "method": request.method, "path": request.path}
+        hint = credential_hint(credential_from(request.headers))
+        if hint:
+            detail["key_prefix"] = hint
+        action = "auth.failure" if e.status == 401 else "auth.forbidden"
+        audit.enqueue(action, request.get(ACTOR, "anonymous"), ip=client_ip(request), detail=detail)
 
-    return middleware
+    return record

@@ -74,7 +74,7 @@ class TracingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     sample_ratio: float | None = None   # None: OTEL_TRACES_SAMPLER_ARG, else 1.0 (parent-based)
     record_content: bool = False        # put prompts and completions on spans (off: never recorded)
     headers: dict[str, str] = {}        # sent to the collector, e.g. an auth header
-    max_queue_size: int = 2048          # spans waiting for export; more are dropped, never waited for
+    max_queue_size: int = 8192          # spans waiting for export; more are dropped, never waited for
     export_timeout: float = 10.0        # seconds per export batch
 
 
@@ -333,6 +333,13 @@ def _check_models(cfg: Config) -> None:
         raise ConfigError("storage.key_cache_ttl: must be between 0 and 60 seconds")
     if not cfg.storage.database.startswith(("sqlite://", "postgresql://", "postgres://")):
         raise ConfigError("storage.database: expected sqlite:///path.db, sqlite://:memory: or postgresql://...")
+    if cfg.accounting.writer == "process" and in_memory(cfg.storage.database):
+        raise ConfigError("accounting.writer: process needs a ledger another process can open "
+                          "(a SQLite file or PostgreSQL), not an in-memory SQLite database")
+
+
+def in_memory(database: str) -> bool:
+    return database.startswith("sqlite:") and database.removeprefix("sqlite://").lstrip("/") == ":memory:"
 
 
 _LEVELS = ("debug", "info", "warning", "warn", "error", "critical")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from random import getrandbits
 from typing import Any
 
 import msgspec
@@ -70,7 +70,7 @@ class ChatCall:
     credential: str | None = None          # the key the client presented (never logged, never forwarded)
     endpoint: str = "chat.completions"     # or "embeddings", ...
     ingress: str = "rest"
-    request_id: str = field(default_factory=lambda: "req_" + os.urandom(12).hex())
+    request_id: str = field(default_factory=lambda: f"req_{getrandbits(96):024x}")
     started: float = field(default_factory=time.monotonic)
     headers: dict[str, str] = field(default_factory=dict)   # request headers, lower-case names, minus credentials
     key: Any = None                        # the authenticated key (master or virtual)

@@ -8,22 +8,26 @@ import signal
 import time
 
 import aiohttp
+import msgspec
 import openai
 import orjson
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from proxy.config import TracingConfig
 from proxy.gateway import GATEWAY
-from proxy.telemetry.otlp_export import (
+from proxy.telemetry.otlp_export import ExportSettings, encode_request, readable_spans
+from proxy.telemetry.otlp_process import ExportProcess
+from proxy.telemetry.trace_record import (
     KIND_CLIENT,
     KIND_INTERNAL,
     KIND_SERVER,
-    ExportProcess,
-    ExportSettings,
+    ROUTER,
+    AttemptTrace,
+    RequestTrace,
     SpanRecord,
-    encode_request,
-    readable_spans,
+    to_spans,
 )
 from proxy.telemetry.tracing import make_exporter, parse_traceparent, resolve
 from tests.conftest import MASTER, make_config, openai_provider
@@ -242,7 +246,8 @@ def test_fast_encoding_equals_the_official_encoder():
     records = [
         SpanRecord(name="chat gpt", kind=KIND_SERVER, trace_id=CLIENT_TRACE, span_id=1, parent_id=7, start_ns=10,
                    end_ns=20, remote_parent=True, trace_state="vendor=1", status=2, message="boom",
-                   attributes={"s": "x", "i": 3, "f": 0.5, "b": True, "l": ["stop", "length"]}),
+                   attributes={"s": "x", "i": 3, "f": 0.5, "b": True, "l": ["stop", "length"], "neg": -5,
+                               "zero": 0, "no": False, "big": 2**40, "empty": "", "d": {"k": 1}, "u": "é✓"}),
         SpanRecord(name="pipeline.auth", kind=KIND_INTERNAL, trace_id=CLIENT_TRACE, span_id=2, parent_id=1,
                    start_ns=11, end_ns=12),
         SpanRecord(name="chat gpt-4o", kind=KIND_CLIENT, trace_id="1" * 32, span_id=3, start_ns=1, end_ns=2,
@@ -250,8 +255,10 @@ def test_fast_encoding_equals_the_official_encoder():
     ]
     ours = encode_request(records, "svc")
     official = encode_spans(readable_spans(records, "svc"))
-    assert ours == official
-    assert ours.SerializeToString(deterministic=True) == official.SerializeToString(deterministic=True)
+    assert ExportTraceServiceRequest.FromString(ours) == official
+    assert ours == official.SerializeToString(deterministic=True)
+    again = encode_request(records, "svc")                 # memoised parts give the same bytes
+    assert again == ours
 
 
 def _settings(endpoint: str, max_queue_size: int = 2048) -> ExportSettings:
@@ -259,21 +266,22 @@ def _settings(endpoint: str, max_queue_size: int = 2048) -> ExportSettings:
                           export_timeout=0.5, max_queue_size=max_queue_size)
 
 
-def _batch(n: int) -> list[SpanRecord]:
-    return [SpanRecord(name="pipeline.x" * 20, kind=KIND_INTERNAL, trace_id=CLIENT_TRACE, span_id=i + 1,
-                       start_ns=1, end_ns=2, attributes={"pad": "x" * 200}) for i in range(n)]
+def _batch(n: int) -> list[RequestTrace]:
+    return [RequestTrace(trace_id=CLIENT_TRACE, span_id=i + 1, parent_id=0, remote_parent=False, trace_state="",
+                         start_ns=1, op="chat", model="m" * 200, request_id=f"req_{i}", ingress="rest",
+                         request_attrs={"pad": "x" * 2000}, end_ns=2) for i in range(n)]
 
 
 async def test_a_stuck_exporter_drops_spans_and_never_blocks():
     proc = ExportProcess(_settings("http://127.0.0.1:9"))
-    proc.start()
+    await proc.start()
     try:
         assert await proc.flush(30)                       # up and answering
         os.kill(proc.pid, signal.SIGSTOP)                 # frozen: reads nothing, the pipe fills
         slowest = 0.0
         for _ in range(200):
             t0 = time.perf_counter()
-            proc.send(_batch(200))
+            proc.send(_batch(50))
             slowest = max(slowest, time.perf_counter() - t0)
         assert proc.dropped > 0
         assert slowest < 0.05
@@ -281,6 +289,51 @@ async def test_a_stuck_exporter_drops_spans_and_never_blocks():
         os.kill(proc.pid, signal.SIGCONT)
         await proc.close()
     assert not proc.alive
+
+
+def test_trace_records_become_the_spans_they_stand_for():
+    """Marks: auth (k=1) hands on to cache (k=0), which answers without handing on; then a rejected
+    request's auth span carries the error; attempts become CLIENT spans under the request."""
+    names = ["pipeline.cache", "pipeline.auth"]
+    ids = iter(range(100, 200))
+    hit = RequestTrace(trace_id=CLIENT_TRACE, span_id=5, parent_id=7, remote_parent=True, trace_state="",
+                       start_ns=10, op="chat", model="gpt", request_id="r", ingress="rest", request_attrs={},
+                       marks=[2, 11, 0, 12, 1, 15], end_ns=20, status=200, cache="hit")
+    spans = {s.name: s for s in to_spans(hit, names, {}, lambda: next(ids))}
+    assert (spans["pipeline.auth"].start_ns, spans["pipeline.auth"].end_ns) == (11, 12)
+    assert (spans["pipeline.cache"].start_ns, spans["pipeline.cache"].end_ns) == (12, 15)
+    assert spans["chat gpt"].attributes["llm_service.cache"] == "hit" and spans["chat gpt"].parent_id == 7
+    assert all(s.parent_id == 5 for n, s in spans.items() if n != "chat gpt")
+    rejected = msgspec.structs.replace(hit, marks=[2, 11, 3, 13], stage_error=(1, "invalid_api_key", "bad key"),
+                                       status=401, error="invalid_api_key", cache=None)
+    [root, auth] = to_spans(rejected, names, {}, lambda: next(ids))
+    assert auth.name == "pipeline.auth" and auth.end_ns == 13 and auth.status == 2
+    assert auth.attributes == {"error.type": "invalid_api_key"} and root.attributes["error.type"] == "invalid_api_key"
+    routed = msgspec.structs.replace(hit, marks=[2, 11, 0, 12, ROUTER, 14], attempts=[
+        AttemptTrace(span_id=9, start_ns=14, provider="up", model="gpt-4o", number=1, end_ns=18,
+                     input_tokens=3, output_tokens=4)], provider="up", usage=(3, 4, 0))
+    spans = {s.name: s for s in to_spans(routed, names, {"up": "azure"}, lambda: next(ids))}
+    assert spans["pipeline.cache"].end_ns == 14
+    attempt = spans["chat gpt-4o"]
+    assert attempt.kind == KIND_CLIENT and attempt.span_id == 9 and attempt.parent_id == 5
+    assert attempt.attributes["gen_ai.provider.name"] == "azure.ai.openai"
+    assert attempt.attributes["gen_ai.usage.output_tokens"] == 4
+
+
+async def test_a_cache_hit_trace_has_stage_spans_and_no_attempt(start_proxy, fake_openai, receiver):
+    cfg = traced_config(receiver, fake_openai)
+    server = await start_proxy(msgspec.structs.replace(cfg, cache=msgspec.structs.replace(cfg.cache, mode="all")))
+    for _ in range(2):
+        await client(server).chat.completions.create(model="gpt", messages=[{"role": "user", "content": "hi"}],
+                                                     extra_headers={"traceparent": TRACEPARENT})
+    await flush(server)
+    roots = sorted((s for s in receiver.by_trace(CLIENT_TRACE) if s.kind == "SERVER"), key=lambda s: s.start_ns)
+    assert [r.attributes["llm_service.cache"] for r in roots] == ["miss", "hit"]
+    hit = [s for s in receiver.spans if s.parent_span_id == roots[1].span_id]
+    assert "pipeline.cache" in {s.name for s in hit} and not any(s.kind == "CLIENT" for s in hit)
+    cache_span = next(s for s in hit if s.name == "pipeline.cache")
+    assert cache_span.status_code == 0 and roots[1].start_ns <= cache_span.start_ns <= cache_span.end_ns <= roots[1].end_ns
+    assert fake_openai.requests and len(fake_openai.requests) == 1
 
 
 async def test_the_exporter_process_exports_the_rest_and_exits_on_cleanup(aiohttp_server, fake_openai, receiver):
@@ -292,5 +345,5 @@ async def test_the_exporter_process_exports_the_rest_and_exits_on_cleanup(aiohtt
     await client(server).chat.completions.create(model="gpt", messages=[{"role": "user", "content": "hi"}])
     await server.close()                                       # app cleanup: last batch, close the pipe, join
     assert not tracing.exporter.alive
-    assert tracing.exporter._proc.exitcode == 0
+    assert tracing.exporter.exitcode == 0
     assert any(s.kind == "SERVER" for s in receiver.spans)     # the last batch was exported on the way out

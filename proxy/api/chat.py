@@ -16,9 +16,8 @@ async def _serve(request: web.Request, endpoint: str) -> web.StreamResponse:
     if not gw.accepting:
         raise Unavailable("The server is shutting down; retry on another replica.",
                           headers={"Connection": "close", "Retry-After": "1"})
-    call = chat_call(decode_json(await request.read()), request.headers)
+    call = chat_call(decode_json(await request.read()), request.headers, request_id=request.get(REQUEST_ID))
     call.endpoint = endpoint
-    call.request_id = request.get(REQUEST_ID, call.request_id)
     gw.inflight += 1
     try:
         reply = await gw.pipeline(call)

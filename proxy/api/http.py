@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
+from collections.abc import Callable
+from random import getrandbits
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from proxy.errors import NotFound, PayloadTooLarge, ProxyError
 from proxy.gateway import GATEWAY
@@ -28,35 +29,51 @@ def error_response(err: ProxyError, request_id: str) -> web.Response:
                         headers={**err.headers, "x-request-id": request_id})
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    rid = request.headers.get("x-request-id", "")
-    if not _REQUEST_ID.match(rid):
-        rid = "req_" + os.urandom(12).hex()
-    request[REQUEST_ID] = rid
-    try:
-        resp = await handler(request)
-    except ProxyError as e:
-        return error_response(e, rid)
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[GATEWAY].config.server.max_body_bytes
-        return error_response(PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes."), rid)
-    except web.HTTPException as e:
-        if e.status == 404:
-            return error_response(NotFound(f"Unknown request URL: {request.method} {request.path}."), rid)
-        if e.status == 405:
-            return error_response(ProxyError(f"Method {request.method} is not allowed on {request.path}.",
-                                             status=405, type="invalid_request_error",
-                                             code="method_not_allowed"), rid)
-        if e.status >= 400:
-            return error_response(ProxyError(e.reason, status=e.status, type="invalid_request_error"), rid)
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s (request %s)", request.method, request.path, rid)
-        return error_response(ProxyError("The server had an error while processing your request."), rid)
-    if not resp.prepared:
-        resp.headers.setdefault("x-request-id", rid)
-    return resp
+def new_request_id() -> str:
+    """Unique, not secret: 96 random bits without a system call."""
+    return f"req_{getrandbits(96):024x}"
+
+
+Denied = Callable[[web.Request, ProxyError], None]
+
+
+def errors(on_denied: Denied | None = None) -> Middleware:
+    """The outermost middleware: a request id on every answer, every error as OpenAI's JSON envelope.
+    `on_denied` sees each 401/403 (the audit log records them)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        rid = request.headers.get("x-request-id", "")
+        if not _REQUEST_ID.match(rid):
+            rid = new_request_id()
+        request[REQUEST_ID] = rid
+        try:
+            resp = await handler(request)
+        except ProxyError as e:
+            if on_denied is not None and e.status in (401, 403):
+                on_denied(request, e)
+            return error_response(e, rid)
+        except web.HTTPRequestEntityTooLarge:
+            limit = request.app[GATEWAY].config.server.max_body_bytes
+            return error_response(PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes."), rid)
+        except web.HTTPException as e:
+            if e.status == 404:
+                return error_response(NotFound(f"Unknown request URL: {request.method} {request.path}."), rid)
+            if e.status == 405:
+                return error_response(ProxyError(f"Method {request.method} is not allowed on {request.path}.",
+                                                 status=405, type="invalid_request_error",
+                                                 code="method_not_allowed"), rid)
+            if e.status >= 400:
+                return error_response(ProxyError(e.reason, status=e.status, type="invalid_request_error"), rid)
+            raise
+        except Exception:
+            log.exception("unhandled error on %s %s (request %s)", request.method, request.path, rid)
+            return error_response(ProxyError("The server had an error while processing your request."), rid)
+        if not resp.prepared:
+            resp.headers.setdefault("x-request-id", rid)
+        return resp
+
+    return middleware
 
 
 def cors(origins: list[str]):

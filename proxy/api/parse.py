@@ -63,15 +63,17 @@ def _apply_seed_options(body: dict[str, Any]) -> None:
             body[name] = opts[name]
 
 
-def chat_call(body: dict[str, Any], headers: Any, *, ingress: str = "rest") -> ChatCall:
+def chat_call(body: dict[str, Any], headers: Any, *, ingress: str = "rest",
+              request_id: str | None = None) -> ChatCall:
     """Build the call without judging it: validation is a pipeline stage, after auth, so an anonymous
     caller learns nothing but 401."""
     model = body.get("model")
     stream = body.get("stream")
+    given: dict[str, Any] = {"request_id": request_id} if request_id else {}
     return ChatCall(
         body=body, model=model if isinstance(model, str) else "", stream=stream is True,
         credential=credential_from(headers), ingress=ingress,
-        headers={k.lower(): v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS},
+        headers={low: v for k, v in headers.items() if (low := k.lower()) not in CREDENTIAL_HEADERS}, **given,
     )
 
 

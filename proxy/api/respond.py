@@ -14,12 +14,17 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
 
 
 async def write_reply(request: web.Request, call: ChatCall, reply: Reply) -> web.StreamResponse:
-    headers = {**reply.headers, **call.response_headers, "x-request-id": call.request_id}
+    headers = {**reply.headers, **call.response_headers, "x-request-id": call.request_id,
+               **request.get(CORS_HEADERS, {})}
     if reply.chunks is None:
         call.status = reply.status
-        return web.Response(body=reply.body, status=reply.status, headers=headers, content_type=reply.content_type)
-    resp = web.StreamResponse(status=reply.status,
-                              headers={**headers, **SSE_HEADERS, **request.get(CORS_HEADERS, {})})
+        whole = web.Response(body=reply.body, status=reply.status, headers=headers, content_type=reply.content_type)
+        # Sent here, not after the handler returns: the call's finalisers (accounting, metrics, logs,
+        # spans) then run while the client already reads its answer, never in front of it.
+        await whole.prepare(request)
+        await whole.write_eof()
+        return whole
+    resp = web.StreamResponse(status=reply.status, headers={**headers, **SSE_HEADERS})
     call.status = reply.status
     chunks = reply.chunks
     try:

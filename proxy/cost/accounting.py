@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from proxy.config import Config, ModelConfig, Target
+from proxy.config import Config, ModelConfig, Target, in_memory
 from proxy.cost.alerts import Alerter
 from proxy.cost.prices import Price, PriceTable
 from proxy.cost.reserve import LocalReservations, RedisReservations, Reservations
@@ -20,6 +20,7 @@ from proxy.store import Ledger
 from proxy.store import budgets as budget_sql
 from proxy.store.budgets import Budget
 from proxy.store.usage import UsageWriter
+from proxy.store.usage_process import ProcessUsageWriter
 
 log = logging.getLogger("proxy.cost")
 
@@ -86,6 +87,17 @@ class BudgetBook:
         self._cache.pop(budget_id, None)
 
 
+def usage_writer(config: Config, ledger: Ledger) -> UsageWriter | ProcessUsageWriter:
+    """The writer process for a ledger another process can open (a file, PostgreSQL), else inline."""
+    cfg, url = config.accounting, config.storage.database
+    if cfg.writer == "inline" or (cfg.writer == "auto" and in_memory(url)):
+        return UsageWriter(ledger, interval=cfg.flush_interval, batch=cfg.batch_size, max_queue=cfg.max_queue)
+    logs = config.telemetry.logs
+    return ProcessUsageWriter(ledger, url, interval=cfg.flush_interval, batch=cfg.batch_size,
+                              max_queue=cfg.max_queue, log_level=logs.level or config.server.log_level,
+                              log_format=logs.format)
+
+
 class Accounting:
     def __init__(self, config: Config, ledger: Ledger, catalog: ModelCatalog,
                  reservations: Reservations | None = None) -> None:
@@ -95,8 +107,7 @@ class Accounting:
         self.ledger = ledger
         self.pricer = Pricer(config, catalog)
         self.tokenizer = Tokenizer(heuristic=self.cfg.tokenizer == "heuristic")
-        self.writer = UsageWriter(ledger, interval=self.cfg.flush_interval, batch=self.cfg.batch_size,
-                                  max_queue=self.cfg.max_queue)
+        self.writer = usage_writer(config, ledger)
         self.budgets = BudgetBook(ledger, self.bcfg.cache_ttl)
         if reservations is None:
             redis = config.storage.redis

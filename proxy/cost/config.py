@@ -26,6 +26,9 @@ class AccountingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     flush_interval: float = 0.2             # seconds between ledger writes (an event is readable within ~this)
     batch_size: int = 500                   # a write happens early once this many events wait
     max_queue: int = 100_000                # events kept in memory while the ledger is unreachable
+    # process: a child process writes the ledger (the proxy's event loop never shares the GIL with it);
+    # inline: the proxy writes it itself; auto: process, except for an in-memory SQLite ledger.
+    writer: Literal["auto", "process", "inline"] = "auto"
     tokenizer: Literal["auto", "heuristic"] = "auto"   # auto: bpe-openai for OpenAI models, else chars/4
 
 

@@ -152,6 +152,20 @@ def _multi_insert(rows: int) -> str:
             "ON CONFLICT (request_id) DO NOTHING")
 
 
+async def write_events(ledger: Ledger, batch: list[UsageEvent]) -> None:
+    """One statement for the batch (at most MAX_BATCH events); a replayed request id is skipped."""
+    if ledger.dialect == "sqlite":
+        # One multi-row INSERT: its parameters are bound in one go, so the ledger's worker thread
+        # takes the GIL once per batch rather than once per row.
+        flat = [v for e in batch for v in to_row(e)]
+        await ledger.execute(_multi_insert(len(batch)), *flat)
+    else:
+        await ledger.executemany(INSERT, [to_row(e) for e in batch])  # type: ignore[attr-defined]
+
+
+MAX_BATCH = 1000                                # SQLite: at most 32766 bound parameters per statement
+
+
 class UsageWriter:
     """Bounded in-memory queue -> one multi-row insert every `interval` seconds or `batch` events.
 
@@ -162,7 +176,7 @@ class UsageWriter:
     def __init__(self, ledger: Ledger, *, interval: float = 0.2, batch: int = 500,   # 500 x 26 params < 32766
                  max_queue: int = 100_000) -> None:
         self.ledger, self.interval, self.max_queue = ledger, interval, max_queue
-        self.batch = max(1, min(batch, 1000))       # SQLite: at most 32766 bound parameters per statement
+        self.batch = max(1, min(batch, MAX_BATCH))
         self._queue: list[UsageEvent] = []
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -198,13 +212,7 @@ class UsageWriter:
                 left -= len(batch)
 
     async def _write(self, batch: list[UsageEvent]) -> None:
-        if self.ledger.dialect == "sqlite":
-            # One multi-row INSERT: its parameters are bound in one go, so the ledger's worker thread
-            # takes the GIL once per batch rather than once per row (no convoy with the event loop).
-            flat = [v for e in batch for v in to_row(e)]
-            await self.ledger.execute(_multi_insert(len(batch)), *flat)
-        else:
-            await self.ledger.executemany(INSERT, [to_row(e) for e in batch])  # type: ignore[attr-defined]
+        await write_events(self.ledger, batch)
 
     def start(self) -> None:
         if self._task is None:

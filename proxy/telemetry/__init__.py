@@ -22,7 +22,8 @@ from proxy.pipeline import Handler, Stage
 from proxy.providers.base import WireRequest
 from proxy.telemetry.logging import log_access
 from proxy.telemetry.metrics import Metrics
-from proxy.telemetry.tracing import SpanRecord, Tracing, resolve
+from proxy.telemetry.trace_record import AttemptTrace
+from proxy.telemetry.tracing import Tracing, resolve
 
 Binder = Callable[[Stage, Handler], Handler]
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -105,10 +106,10 @@ class Telemetry:
             return True
         return None
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """App startup: start the span exporter process (tracing on only)."""
         if self.tracing is not None:
-            self.tracing.start()
+            await self.tracing.start()
 
     async def close(self) -> None:
         if self.tracing is not None:
@@ -122,7 +123,7 @@ class _Attempt:
 
     def __init__(self, hook: AttemptHook, call: ChatCall, target: Target, wire: WireRequest) -> None:
         self.hook, self.call, self.target, self.wire = hook, call, target, wire
-        self.span: SpanRecord | None = None
+        self.span: AttemptTrace | None = None
 
     def __enter__(self) -> None:
         call, wire, tracing = self.call, self.wire, self.hook.tracing
@@ -130,7 +131,7 @@ class _Attempt:
             self.span = tracing.start_attempt(call, self.target.provider, self.target.model)
             if self.span is not None:     # sampled; unsampled passes the client's context on as is
                 # A new dict: the provider's headers dict is shared by all its requests.
-                wire.headers = {**wire.headers, **tracing.trace_headers(self.span)}
+                wire.headers = {**wire.headers, **tracing.trace_headers(call, self.span)}
                 return
         if "traceparent" in call.headers:     # tracing off: pass the client's trace context through
             wire.headers = {**wire.headers, **{h: call.headers[h] for h in TRACE_HEADERS if h in call.headers}}

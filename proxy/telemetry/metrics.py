@@ -1,17 +1,20 @@
 """Prometheus metrics, one CollectorRegistry per app (never the global one, so many apps can coexist).
 
 Request metrics are fed from the gateway's finished-call observer, attempt metrics from the router's
-attempt hook. Gauges that belong to other parts (provider health, breaker state, budget utilisation) are
-set through the small `set_*` methods below, which those parts call.
+attempt hook. They are plain dicts of label tuples to numbers, updated on the event loop without locks
+(prometheus_client's own metric objects take a lock and validate labels on every update: ~8 µs a
+request); `RequestCollector` turns them into metric families only when /metrics is scraped. Gauges of
+other parts (provider health, breaker state, budget utilisation) are read or set the same way.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -26,35 +29,82 @@ BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 OTHER = "other"        # label for model names that are not configured: clients cannot blow up cardinality
 
 
+class Counts:
+    """A counter (or gauge) family: label values -> number."""
+
+    __slots__ = ("doc", "gauge", "labels", "name", "values")
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...] = (), gauge: bool = False) -> None:
+        self.name, self.doc, self.labels, self.gauge = name, doc, labels, gauge
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, key: tuple[str, ...], amount: float = 1.0) -> None:
+        v = self.values
+        v[key] = v.get(key, 0.0) + amount
+
+    def family(self) -> Metric:
+        fam = (GaugeMetricFamily if self.gauge else CounterMetricFamily)(self.name, self.doc, labels=self.labels)
+        for key, value in self.values.items():
+            fam.add_metric(list(key), value)
+        return fam
+
+
+class Buckets:
+    """A histogram family: label values -> [count per bucket ..., count above the last, sum]."""
+
+    __slots__ = ("bounds", "doc", "labels", "name", "values")
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...], bounds: tuple[float, ...]) -> None:
+        self.name, self.doc, self.labels, self.bounds = name, doc, labels, bounds
+        self.values: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        row = self.values.get(key)
+        if row is None:
+            row = self.values[key] = [0.0] * (len(self.bounds) + 2)
+        row[bisect_left(self.bounds, value)] += 1        # the first bucket whose bound is >= value (le)
+        row[-1] += value
+
+    def family(self) -> Metric:
+        fam = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, row in self.values.items():
+            cumulative, total = [], 0.0
+            for bound, n in zip((*map(str, self.bounds), "+Inf"), row[:-1], strict=True):
+                total += n
+                cumulative.append((bound, total))
+            fam.add_metric(list(key), cumulative, sum_value=row[-1])
+        return fam
+
+
 class Metrics:
     def __init__(self, models: Iterable[str] = (), namespace: str = "llm") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.models = frozenset(models)
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        r, ns = self.registry, namespace
+        ns = namespace + "_"
         by_call = ("model", "provider", "status")
-        self.requests = Counter("requests", "Requests finished, by model, provider and HTTP status.",
-                                by_call, namespace=ns, registry=r)
-        self.latency = Histogram("request_duration_seconds", "Request latency to the last byte.",
-                                 by_call, namespace=ns, registry=r, buckets=LATENCY_BUCKETS)
-        self.ttft = Histogram("time_to_first_token_seconds", "Streams: time until the first byte went out.",
-                              ("model", "provider"), namespace=ns, registry=r, buckets=TTFT_BUCKETS)
-        self.tokens = Counter("tokens", "Tokens, by type: input, output, cached_input.",
-                              ("model", "provider", "type"), namespace=ns, registry=r)
-        self.cost = Counter("cost_usd", "Spend in US dollars.", ("model", "provider"), namespace=ns, registry=r)
-        self.cache = Counter("cache_requests", "Response cache lookups, by result (hit, miss, ...).",
-                             ("result",), namespace=ns, registry=r)
-        self.errors = Counter("request_errors", "Requests answered with an error, by status and error code.",
-                              ("status", "code"), namespace=ns, registry=r)
-        self.rejections = Counter("rejections", "Requests refused before any provider was called.",
-                                  ("reason",), namespace=ns, registry=r)
-        self.attempts = Counter("upstream_attempts", "Upstream attempts, by provider and outcome (ok or code).",
-                                ("provider", "outcome"), namespace=ns, registry=r)
-        self.budget = Gauge("budget_utilization_ratio", "Spend divided by limit, per budget.",
-                            ("budget",), namespace=ns, registry=r)
-        self.inflight = Gauge("inflight_requests", "Requests in the pipeline or streaming.", namespace=ns,
-                              registry=r)
-        self.streams = Gauge("inflight_streams", "Streams currently being relayed.", namespace=ns, registry=r)
+        self.requests = Counts(ns + "requests", "Requests finished, by model, provider and HTTP status.", by_call)
+        self.latency = Buckets(ns + "request_duration_seconds", "Request latency to the last byte.", by_call,
+                               LATENCY_BUCKETS)
+        self.ttft = Buckets(ns + "time_to_first_token_seconds", "Streams: time until the first byte went out.",
+                            ("model", "provider"), TTFT_BUCKETS)
+        self.tokens = Counts(ns + "tokens", "Tokens, by type: input, output, cached_input.",
+                             ("model", "provider", "type"))
+        self.cost = Counts(ns + "cost_usd", "Spend in US dollars.", ("model", "provider"))
+        self.cache = Counts(ns + "cache_requests", "Response cache lookups, by result (hit, miss, ...).", ("result",))
+        self.errors = Counts(ns + "request_errors", "Requests answered with an error, by status and error code.",
+                             ("status", "code"))
+        self.rejections = Counts(ns + "rejections", "Requests refused before any provider was called.", ("reason",))
+        self.attempts = Counts(ns + "upstream_attempts", "Upstream attempts, by provider and outcome (ok or code).",
+                               ("provider", "outcome"))
+        self.budget = Counts(ns + "budget_utilization_ratio", "Spend divided by limit, per budget.", ("budget",),
+                             gauge=True)
+        self.inflight = Counts(ns + "inflight_requests", "Requests in the pipeline or streaming.", gauge=True)
+        self.streams = Counts(ns + "inflight_streams", "Streams currently being relayed.", gauge=True)
+        self.inflight.values[()] = self.streams.values[()] = 0.0
+        r = self.registry
+        r.register(RequestCollector([self.requests, self.latency, self.ttft, self.tokens, self.cost, self.cache,
+                                     self.errors, self.rejections, self.attempts, self.budget, self.inflight,
+                                     self.streams]))
         ProcessCollector(registry=r)       # process_resident_memory_bytes, cpu, open fds
         PlatformCollector(registry=r)
         GCCollector(registry=r)
@@ -65,60 +115,53 @@ class Metrics:
     # -- fed by the pipeline wrapper / observer / attempt hook ----------------------------------------
 
     def started(self, call: ChatCall) -> None:
-        self.inflight.inc()
+        self.inflight.values[()] += 1
         call.extras["telemetry.inflight"] = True
 
     def stream_started(self, call: ChatCall) -> None:
-        self.streams.inc()
+        self.streams.values[()] += 1
         call.extras["telemetry.stream"] = True
 
     def finished(self, call: ChatCall, latency: float) -> None:
         extras = call.extras
         if extras.pop("telemetry.inflight", False):
-            self.inflight.dec()
+            self.inflight.values[()] -= 1
         if extras.pop("telemetry.stream", False):
-            self.streams.dec()
+            self.streams.values[()] -= 1
         model = call.model if call.model in self.models else OTHER
         provider = facts.provider_of(call) or "none"
         status = facts.status(call)
         st = str(status)
-        self._child(self.requests, model, provider, st).inc()
-        self._child(self.latency, model, provider, st).observe(latency)
+        key = (model, provider, st)
+        self.requests.inc(key)
+        self.latency.observe(key, latency)
         ttft = facts.ttft_seconds(call)
         if ttft is not None:
-            self._child(self.ttft, model, provider).observe(ttft)
+            self.ttft.observe((model, provider), ttft)
         u = call.usage
         if u is not None:
+            tokens = self.tokens
             if u.prompt_tokens:
-                self._child(self.tokens, model, provider, "input").inc(u.prompt_tokens)
+                tokens.inc((model, provider, "input"), u.prompt_tokens)
             if u.completion_tokens:
-                self._child(self.tokens, model, provider, "output").inc(u.completion_tokens)
+                tokens.inc((model, provider, "output"), u.completion_tokens)
             if u.cached_tokens:
-                self._child(self.tokens, model, provider, "cached_input").inc(u.cached_tokens)
+                tokens.inc((model, provider, "cached_input"), u.cached_tokens)
         cost = facts.cost(call)
         if cost:
-            self._child(self.cost, model, provider).inc(cost)
+            self.cost.inc((model, provider), cost)
         cache = facts.cache_status(call)
         if cache is not None:
-            self._child(self.cache, cache).inc()
+            self.cache.inc((cache,))
         if status >= 400 or call.error:
             code = facts.error_code(call) or "error"
-            self._child(self.errors, st, code).inc()
+            self.errors.inc((st, code))
             reason = facts.REJECTIONS.get(code)
             if reason is not None and not call.attempts:
-                self._child(self.rejections, reason).inc()
+                self.rejections.inc((reason,))
 
     def attempt(self, provider: str, outcome: str) -> None:
-        self._child(self.attempts, provider, outcome).inc()
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        """`metric.labels(...)` memoised: label sets are few (configured models, providers, statuses),
-        and skipping prometheus_client's validation and lock saves most of the per-request cost."""
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        self.attempts.inc((provider, outcome))
 
     # -- for other parts of the gateway ---------------------------------------------------------------
 
@@ -128,7 +171,21 @@ class Metrics:
             self.registry.register(HealthCollector(health))
 
     def set_budget_utilisation(self, budget: str, ratio: float) -> None:
-        self.budget.labels(budget).set(ratio)
+        self.budget.values[(budget,)] = ratio
+
+
+class RequestCollector(Collector):
+    """The request metrics' families, made at scrape time from the plain counts."""
+
+    def __init__(self, families: list[Counts | Buckets]) -> None:
+        self.families = families
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for f in self.families:
+            yield f.family()
 
 
 class HealthCollector(Collector):

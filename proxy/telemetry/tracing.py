@@ -1,11 +1,12 @@
 """OTLP traces: one SERVER span per request, a child span per pipeline stage and per upstream attempt.
 
-Spans are small records (`SpanRecord`) carried explicitly on the call (`call.extras`), never through the
-ambient context, so a stream relayed after the handler returned still ends its spans at the right time.
-Sampling is decided once per trace (parent-based, then a trace-id ratio like TraceIdRatioBased); an
-unsampled request records nothing. Finished spans are buffered and handed in batches to the exporter
-subprocess (otlp_export), which speaks OTLP through the official exporter: a request pays a few
-microseconds per span, and a slow or dead collector drops spans, never requests.
+The proxy records each sampled request as one compact `RequestTrace` (trace_record.py) carried on the
+call (`call.extras`), never through the ambient context, so a stream relayed after the handler returned
+still ends at the right time. A stage costs two list appends, an attempt one small struct; the spans, their
+attributes and the OTLP encoding are made in the exporter process (otlp_export.py), which gets the
+finished records in msgpack batches. Sampling is decided once per trace (parent-based, then a trace-id
+ratio like TraceIdRatioBased); an unsampled request records nothing. A slow or dead collector drops
+spans, never requests.
 """
 
 from __future__ import annotations
@@ -20,27 +21,23 @@ from typing import Any
 import orjson
 
 from proxy.context import ChatCall, Reply
+from proxy.errors import ProxyError
 from proxy.pipeline import Handler, Stage
 from proxy.telemetry import facts
-from proxy.telemetry.otlp_export import (
-    KIND_CLIENT,
-    KIND_INTERNAL,
-    KIND_SERVER,
-    STATUS_ERROR,
-    ExportProcess,
-    ExportSettings,
-    SpanRecord,
-    make_exporter,
-)
+from proxy.telemetry.otlp_export import ExportSettings, make_exporter
+from proxy.telemetry.otlp_process import ExportProcess
+from proxy.telemetry.trace_record import ROUTER, AttemptTrace, RequestTrace
 from proxy.telemetry.trace_settings import TracingSettings, parse_traceparent, resolve
 
 SPAN = "otel.span"
 TAP = "relay_tap"                # call.extras: the relay appends the client-bound bytes here (proxy/streaming/relay)
 CONTENT_LIMIT = 64 * 1024        # bytes of prompt / completion kept on a span when record_content is on
-BATCH = 512                      # spans per hand-off to the exporter process
-DELAY = 0.25                     # seconds a finished span may wait for its batch
+BATCH = 256                      # requests per hand-off to the exporter process (~2000 spans)
+DELAY = 0.5                      # seconds a finished request may wait for its batch
+_REQUEST_ATTRS = (("max_tokens", "gen_ai.request.max_tokens"), ("temperature", "gen_ai.request.temperature"),
+                  ("top_p", "gen_ai.request.top_p"))
 
-__all__ = ["SpanRecord", "Tracing", "TracingSettings", "make_exporter", "parse_traceparent", "resolve"]
+__all__ = ["Tracing", "TracingSettings", "make_exporter", "parse_traceparent", "resolve"]
 
 
 def stage_name(stage: Stage) -> str:
@@ -51,15 +48,13 @@ def stage_name(stage: Stage) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", cls).lower()
 
 
-def _fail(span: SpanRecord, exc: BaseException) -> None:
-    attrs = span.attributes if span.attributes is not None else {}
-    span.attributes = attrs
-    span.status = STATUS_ERROR
+def error_of(exc: BaseException) -> tuple[str, str]:
+    """(error.type, status message) of an exception, as a span records it."""
     if isinstance(exc, asyncio.CancelledError):
-        span.message = attrs["error.type"] = "cancelled"
-        return
-    span.message = getattr(exc, "message", None) or type(exc).__name__
-    attrs["error.type"] = getattr(exc, "code", None) or type(exc).__name__
+        return "cancelled", "cancelled"
+    if isinstance(exc, ProxyError):
+        return exc.code or exc.type, exc.message
+    return type(exc).__name__, getattr(exc, "message", None) or type(exc).__name__
 
 
 class Tracing:
@@ -67,24 +62,25 @@ class Tracing:
         self.settings = settings
         # TraceIdRatioBased: sampled when the trace id's low 64 bits are below ratio * 2**64.
         self._bound = round(settings.sample_ratio * (1 << 64))
+        self.stage_names: list[str] = []              # by binding order: what marks' stage numbers mean
         self.exporter = ExportProcess(ExportSettings(
             endpoint=settings.endpoint, protocol=settings.protocol, service_name=settings.service_name,
             headers=settings.headers, export_timeout=settings.export_timeout,
-            max_queue_size=settings.max_queue_size))
-        self.provider_types = dict(provider_types or {})
+            max_queue_size=settings.max_queue_size, provider_types=dict(provider_types or {}),
+            stage_names=self.stage_names))
         self.record_content = settings.record_content
-        self._buffer: list[SpanRecord] = []
+        self._buffer: list[RequestTrace] = []
         self._timer: asyncio.TimerHandle | None = None
 
     @property
     def dropped(self) -> int:
         return self.exporter.dropped
 
-    # -- recording and hand-off -------------------------------------------------------------------------
+    # -- hand-off --------------------------------------------------------------------------------------
 
-    def _finish(self, span: SpanRecord) -> None:
+    def _finish(self, t: RequestTrace) -> None:
         buf = self._buffer
-        buf.append(span)
+        buf.append(t)
         if len(buf) >= BATCH:
             self._hand_off()
         elif self._timer is None:
@@ -98,9 +94,9 @@ class Tracing:
         if batch:
             self.exporter.send(batch)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Start the exporter process (app startup), so the first requests do not pay for it."""
-        self.exporter.start()
+        await self.exporter.start()
 
     # -- the request span ------------------------------------------------------------------------------
 
@@ -122,25 +118,23 @@ class Tracing:
         if sampled is None:
             return
         trace_id, parent_id, remote, state = sampled
-        start = time.time_ns() - int((time.monotonic() - call.started) * 1e9)
-        op = facts.operation(call)
-        attrs: dict[str, Any] = {"gen_ai.operation.name": op, "gen_ai.request.model": call.model,
-                                 "llm_service.request_id": call.request_id, "llm_service.ingress": call.ingress}
         body = call.body
-        for key, attr in (("max_tokens", "gen_ai.request.max_tokens"), ("temperature", "gen_ai.request.temperature"),
-                          ("top_p", "gen_ai.request.top_p")):
+        req: dict[str, Any] = {}
+        for key, attr in _REQUEST_ATTRS:
             v = body.get(key)
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                attrs[attr] = v
+            if v is not None and v.__class__ in (int, float):
+                req[attr] = v
         if call.stream:
-            attrs["gen_ai.request.stream"] = True
+            req["gen_ai.request.stream"] = True
+            if TAP not in call.extras:
+                call.extras[TAP] = []   # the relay's tap: read once at the end, no wrapper on every chunk
+        t = RequestTrace(trace_id=trace_id, span_id=getrandbits(64) or 1, parent_id=parent_id, remote_parent=remote,
+                         trace_state=state, start_ns=time.time_ns() - int((time.monotonic() - call.started) * 1e9),
+                         op=facts.operation(call), model=call.model, request_id=call.request_id,
+                         ingress=call.ingress, request_attrs=req, marks=[], attempts=[])
         if self.record_content:
-            attrs["gen_ai.input.messages"] = orjson.dumps(body.get("messages")).decode()[:CONTENT_LIMIT]
-        if call.stream and TAP not in call.extras:
-            call.extras[TAP] = []  # the relay's tap: read once at the end instead of a wrapper on every chunk
-        call.extras[SPAN] = SpanRecord(
-            name=f"{op} {call.model}", kind=KIND_SERVER, trace_id=trace_id, span_id=getrandbits(64) or 1,
-            parent_id=parent_id, start_ns=start, attributes=attrs, remote_parent=remote, trace_state=state)
+            t.input_messages = orjson.dumps(body.get("messages")).decode()[:CONTENT_LIMIT]
+        call.extras[SPAN] = t
 
     def watch(self, call: ChatCall, reply: Reply) -> None:
         """Collect finish reasons and the response model from what goes out, by a byte scan."""
@@ -178,143 +172,96 @@ class Tracing:
                 await aclose()
 
     def end_request(self, call: ChatCall) -> None:
-        span: SpanRecord | None = call.extras.pop(SPAN, None)
-        if span is None:
+        t: RequestTrace | None = call.extras.pop(SPAN, None)
+        if t is None:
             return
-        tap: list[bytes] | None = call.extras.get(TAP)
-        if tap and "otel.finish" not in call.extras:      # a relayed stream: scan what went out, once
+        extras = call.extras
+        tap: list[bytes] | None = extras.get(TAP)
+        if tap and "otel.finish" not in extras:      # a relayed stream: scan what went out, once
             raw = b"".join(tap)
             reasons: list[str] = []
             facts.scan_finish_reasons(raw, reasons)
-            call.extras["otel.finish"], call.extras["otel.model"] = reasons, facts.scan_model(raw)
+            extras["otel.finish"], extras["otel.model"] = reasons, facts.scan_model(raw)
             if self.record_content:
-                call.extras["otel.output"] = _stream_output(raw[:4 * CONTENT_LIMIT])
-        span.name = f"{facts.operation(call)} {call.model}"
-        attrs = span.attributes if span.attributes is not None else {}
-        attrs.update(self._result_attributes(call))
-        status = facts.status(call)
-        attrs["http.response.status_code"] = status
+                extras["otel.output"] = _stream_output(raw[:4 * CONTENT_LIMIT])
+        t.end_ns = time.time_ns()
+        t.op, t.model = facts.operation(call), call.model
+        status = t.status = facts.status(call)
         if status >= 400 or call.error:
-            attrs["error.type"] = facts.error_code(call) or str(status)
+            t.error = facts.error_code(call) or str(status)
             if status >= 500 or call.error:
-                span.status, span.message = STATUS_ERROR, call.error or str(status)
-        span.attributes = attrs
-        span.end_ns = time.time_ns()
-        self._finish(span)
-
-    def _result_attributes(self, call: ChatCall) -> dict[str, Any]:
-        extras = call.extras
-        attrs: dict[str, Any] = {"gen_ai.request.model": call.model, "llm_service.attempts": call.attempts}
-        provider = facts.provider_of(call)
-        if provider:
-            attrs["gen_ai.provider.name"] = facts.provider_name(self.provider_types.get(provider, provider))
-            attrs["llm_service.provider"] = provider
-        model = extras.get("otel.model") or facts.upstream_model(call)
-        if model:
-            attrs["gen_ai.response.model"] = model
+                t.message = call.error or str(status)
+        t.n_attempts = call.attempts
+        t.provider = facts.provider_of(call)
+        t.response_model = extras.get("otel.model") or facts.upstream_model(call)
         u = call.usage
         if u is not None:
-            attrs["gen_ai.usage.input_tokens"] = u.prompt_tokens
-            attrs["gen_ai.usage.output_tokens"] = u.completion_tokens
-            if u.cached_tokens:
-                attrs["gen_ai.usage.cache_read.input_tokens"] = u.cached_tokens
-        reasons = facts.finish_reasons(call) or extras.get("otel.finish")
-        if reasons:
-            attrs["gen_ai.response.finish_reasons"] = list(reasons)
-        ttft = facts.ttft_seconds(call)
-        if ttft is not None:
-            attrs["gen_ai.response.time_to_first_chunk"] = ttft
-        cost, cache, kid = facts.cost(call), facts.cache_status(call), facts.key_id(call)
-        if cost is not None:
-            attrs["llm_service.cost_usd"] = cost
-        if cache is not None:
-            attrs["llm_service.cache"] = cache
-        if kid is not None:
-            attrs["llm_service.key_id"] = kid
-        out = extras.pop("otel.output", None)
-        if out:
-            attrs["gen_ai.output.messages"] = out
-        return attrs
+            t.usage = (u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+        t.finish_reasons = facts.finish_reasons(call) or extras.get("otel.finish") or []
+        t.ttft = facts.ttft_seconds(call)
+        t.cost, t.cache, t.key_id = facts.cost(call), facts.cache_status(call), facts.key_id(call)
+        t.output_messages = extras.pop("otel.output", None)
+        self._finish(t)
 
     # -- stage and attempt spans -----------------------------------------------------------------------
 
     def bind_stage(self, stage: Stage, nxt: Handler) -> Handler:
-        """compose()'s binder when tracing is on: a span from entering the stage until it hands on (or
-        rejects), so stage spans are siblings under the request span and show each stage's own time."""
-        name, finish = "pipeline." + stage_name(stage), self._finish
+        """compose()'s binder when tracing is on: marks when the stage is entered, and when it ends
+        without handing on (answered or raised), so a stage's span shows its own time only."""
+        k = len(self.stage_names)
+        self.stage_names.append("pipeline." + stage_name(stage))
+        enter, ended = 2 * k, 2 * k + 1
+        if k == 0:                        # the innermost stage: its next is the router
+            nxt = _marking_router(nxt)
 
         async def run(call: ChatCall) -> Reply:
-            root: SpanRecord | None = call.extras.get(SPAN)
-            if root is None:
+            t: RequestTrace | None = call.extras.get(SPAN)
+            if t is None:
                 return await stage(call, nxt)
-            span = SpanRecord(name=name, kind=KIND_INTERNAL, trace_id=root.trace_id, span_id=getrandbits(64) or 1,
-                              parent_id=root.span_id, start_ns=time.time_ns(), trace_state=root.trace_state)
-
-            async def handoff(c: ChatCall) -> Reply:
-                if not span.end_ns:
-                    span.end_ns = time.time_ns()
-                    finish(span)
-                return await nxt(c)
-
+            marks = t.marks
+            marks += (enter, time.time_ns())
             try:
-                return await stage(call, handoff)
+                reply = await stage(call, nxt)
             except BaseException as e:
-                if not span.end_ns:
-                    _fail(span, e)
+                if marks[-2] == enter:                    # raised here, not in a stage after it
+                    marks += (ended, time.time_ns())
+                    code, message = error_of(e)
+                    t.stage_error = (k, code, message)
                 raise
-            finally:
-                if not span.end_ns:
-                    span.end_ns = time.time_ns()
-                    finish(span)
+            if marks[-2] == enter:                        # answered without handing on (a cache hit)
+                marks += (ended, time.time_ns())
+            return reply
 
         run.__qualname__ = f"{type(stage).__name__}.traced"
         return run
 
-    def start_attempt(self, call: ChatCall, provider: str, model: str) -> SpanRecord | None:
-        root: SpanRecord | None = call.extras.get(SPAN)
-        if root is None:
+    def start_attempt(self, call: ChatCall, provider: str, model: str) -> AttemptTrace | None:
+        t: RequestTrace | None = call.extras.get(SPAN)
+        if t is None:
             return None
-        op = facts.operation(call)
-        return SpanRecord(
-            name=f"{op} {model}", kind=KIND_CLIENT, trace_id=root.trace_id, span_id=getrandbits(64) or 1,
-            parent_id=root.span_id, start_ns=time.time_ns(), trace_state=root.trace_state, attributes={
-                "gen_ai.operation.name": op, "gen_ai.request.model": model, "llm_service.provider": provider,
-                "gen_ai.provider.name": facts.provider_name(self.provider_types.get(provider, provider)),
-                "llm_service.attempt": call.attempts})
+        a = AttemptTrace(span_id=getrandbits(64) or 1, start_ns=time.time_ns(), provider=provider, model=model,
+                         number=call.attempts)
+        t.attempts.append(a)
+        return a
 
     @staticmethod
-    def trace_headers(span: SpanRecord) -> dict[str, str]:
-        """W3C traceparent (and tracestate) naming `span`, for the upstream request."""
-        headers = {"traceparent": f"00-{span.trace_id}-{span.span_id:016x}-01"}
-        if span.trace_state:
-            headers["tracestate"] = span.trace_state
+    def trace_headers(call: ChatCall, a: AttemptTrace) -> dict[str, str]:
+        """W3C traceparent (and tracestate) naming the attempt's span, for the upstream request."""
+        t: RequestTrace = call.extras[SPAN]
+        headers = {"traceparent": f"00-{t.trace_id}-{a.span_id:016x}-01"}
+        if t.trace_state:
+            headers["tracestate"] = t.trace_state
         return headers
 
-    def end_attempt(self, span: SpanRecord, call: ChatCall, exc: BaseException | None) -> None:
+    def end_attempt(self, a: AttemptTrace, call: ChatCall, exc: BaseException | None) -> None:
         if exc is not None:
-            _fail(span, exc)
-            span.end_ns = time.time_ns()
-            self._finish(span)
+            a.end_ns = time.time_ns()
+            a.error, a.message = error_of(exc)
             return
         if call.stream:
-            call.on_finish(lambda c: self._end_streamed_attempt(span, c))   # after the last byte
+            call.on_finish(lambda c: _end_streamed_attempt(a, c))     # after the last byte
             return
-        self._attempt_result(span, call)
-
-    def _end_streamed_attempt(self, span: SpanRecord, call: ChatCall) -> None:
-        if call.error:
-            span.status, span.message = STATUS_ERROR, call.error
-            assert span.attributes is not None
-            span.attributes["error.type"] = facts.error_code(call) or "stream_error"
-        self._attempt_result(span, call)
-
-    def _attempt_result(self, span: SpanRecord, call: ChatCall) -> None:
-        u = call.usage
-        if u is not None and span.attributes is not None:
-            span.attributes["gen_ai.usage.input_tokens"] = u.prompt_tokens
-            span.attributes["gen_ai.usage.output_tokens"] = u.completion_tokens
-        span.end_ns = time.time_ns()
-        self._finish(span)
+        _attempt_result(a, call)
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -327,6 +274,28 @@ class Tracing:
         """Hand off the last batch; the exporter process exports it and exits."""
         self._hand_off()
         await self.exporter.close()
+
+
+def _marking_router(router: Handler) -> Handler:
+    async def enter_router(call: ChatCall) -> Reply:
+        t: RequestTrace | None = call.extras.get(SPAN)
+        if t is not None:
+            t.marks += (ROUTER, time.time_ns())
+        return await router(call)
+    return enter_router
+
+
+def _end_streamed_attempt(a: AttemptTrace, call: ChatCall) -> None:
+    if call.error:
+        a.error, a.message = facts.error_code(call) or "stream_error", call.error
+    _attempt_result(a, call)
+
+
+def _attempt_result(a: AttemptTrace, call: ChatCall) -> None:
+    u = call.usage
+    if u is not None:
+        a.input_tokens, a.output_tokens = u.prompt_tokens, u.completion_tokens
+    a.end_ns = time.time_ns()
 
 
 def _output_messages(body: bytes) -> str | None:

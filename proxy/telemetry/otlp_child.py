@@ -1,0 +1,127 @@
+"""The span exporter process (`python -m proxy.telemetry.otlp_child`): request traces in, OTLP out.
+
+Why a process: building spans and their OTLP encoding costs tens of µs a request under the GIL, about
+a third of a proxied request. The proxy sends finished `RequestTrace` batches (trace_record.py) down
+this process's stdin (proxy/childproc.py frames; its end is otlp_process.py); here they become spans and
+go out through the official OTLP exporter (otlp_export.py). A reader thread drains the pipe into a
+bounded backlog (full: the batch is dropped and counted), so the proxy's writes never wait on an export.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import random
+import sys
+import threading
+from typing import Any
+
+import msgspec
+
+from proxy.childproc import child_stdio, read_frame_blocking, write_frame
+from proxy.telemetry.otlp_export import (
+    BATCH,
+    FLUSH,
+    ExportSettings,
+    FlushAck,
+    Message,
+    export_batch,
+    make_exporter,
+)
+from proxy.telemetry.trace_record import to_spans
+
+NICE = 10                       # the exporter's scheduling priority below the proxy's
+EXPORT_SPANS = 4096             # spans per OTLP export request, at most (batches waiting are merged)
+
+
+class Exporter:
+    """The child's two threads: `read` drains stdin into the backlog, `run` turns it into exports."""
+
+    def __init__(self, settings: ExportSettings, out_fd: int) -> None:
+        self.settings, self.out_fd = settings, out_fd
+        self.backlog: collections.deque[Message | None] = collections.deque()
+        self.held = 0                  # spans in the backlog (a request trace counts its spans)
+        self.dropped = 0
+        self.cv = threading.Condition()
+        rng = random.Random()
+        self.new_id = lambda: rng.getrandbits(64) or 1
+
+    @staticmethod
+    def spans_in(m: Message) -> int:
+        return sum(1 + len(t.attempts) + len(t.marks) // 2 for t in m.traces)
+
+    def read(self, stdin: Any) -> None:
+        decode = msgspec.msgpack.Decoder(Message).decode
+        while True:
+            body = read_frame_blocking(stdin)
+            msg = decode(body) if body is not None else None
+            with self.cv:
+                n = self.spans_in(msg) if msg is not None and msg.kind == BATCH else 0
+                if n and self.held + n > self.settings.max_queue_size:
+                    self.dropped += n              # the collector is slow or gone: drop, keep draining
+                else:
+                    self.held += n
+                    self.backlog.append(msg)
+                    self.cv.notify()
+            if msg is None:
+                return
+
+    def _take(self) -> tuple[list[Message], int, bool]:
+        """Batches waiting, oldest first, up to one export's worth (a flush or the end stops the run)."""
+        with self.cv:
+            while not self.backlog:
+                self.cv.wait()
+            taken: list[Message] = []
+            n = 0
+            while self.backlog and n < EXPORT_SPANS:
+                msg = self.backlog[0]
+                if msg is None or msg.kind == FLUSH:
+                    if not taken:
+                        self.backlog.popleft()
+                        return [], 0, msg is None
+                    break
+                self.backlog.popleft()
+                taken.append(msg)
+                n += self.spans_in(msg)
+            self.held -= n
+            return taken, n, False
+
+    def run(self, exporter: Any) -> None:
+        s = self.settings
+        while True:
+            taken, n, end = self._take()
+            if end:
+                return
+            if not taken:                               # a flush: everything before it is exported
+                write_frame(self.out_fd, msgspec.msgpack.encode(FlushAck(self.dropped)))
+                continue
+            try:
+                records = [r for m in taken for t in m.traces
+                           for r in to_spans(t, s.stage_names, s.provider_types, self.new_id)]
+                export_batch(exporter, records, s.service_name)
+            except Exception:          # an exporter bug must not end tracing: count the batch as dropped
+                self.dropped += n
+
+
+def main() -> None:
+    """Niced: on a saturated host requests keep the CPU and the backlog drops spans instead."""
+    out_fd = child_stdio()
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
+    stdin = sys.stdin.buffer
+    init = read_frame_blocking(stdin)
+    if init is None:
+        return
+    settings = msgspec.msgpack.decode(init, type=ExportSettings)
+    exporter = make_exporter(settings)
+    ex = Exporter(settings, out_fd)
+    threading.Thread(target=ex.read, args=(stdin,), name="otlp-reader", daemon=True).start()
+    try:
+        ex.run(exporter)
+    finally:
+        exporter.shutdown()
+
+
+if __name__ == "__main__":
+    main()
