@@ -1,112 +1,108 @@
 """Accounting on vs off (acceptance: ledger writes add no measurable latency to a request).
 
-An in-process proxy on a real SQLite ledger file, mock provider, a priced model and a hard budget on
-every call (so "on" pays for the budget reservation, pricing, the usage event and its batched write).
-Two loads per mode: ~1000 sequential requests (p50/p99 latency) and concurrency 16 for ~3 s (rps, p50).
-Modes alternate (off, on, off, on) and the better run of each is kept, to damp machine noise.
-`run()` returns the figures; `python -m bench.accounting_bench` prints them.
+As `make bench` runs it: the proxy (`llm-service serve`, a SQLite ledger file, so usage events go through
+the writer process), the fake upstream and this load generator each in their own process, one priced
+model through the OpenAI adapter. Three modes: accounting off; on (price every call, one usage event
+each, batched ledger writes); on with a hard budget on every call (plus the reservation and settle).
+Each mode runs sequential requests (p50/p99: what a request feels) and concurrency 32 (requests/s).
+Modes alternate over `rounds` rounds, a fresh proxy each, and the medians are compared, so a burst of
+other work on the machine hits all of them. After each "on" run the ledger is counted: every request
+the load generator saw answered must be there. `python -m bench.accounting_bench [rounds]` prints.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import sqlite3
 import statistics
-import tempfile
-import time
+import sys
+from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp.test_utils import TestServer
 
 from bench.load import run_load
-from proxy.app import build_app
-from proxy.config import parse
-from proxy.gateway import GATEWAY
+from bench.procs import MASTER, LeanClient, fake_upstream, proxy
+from bench.procs import run as run_loop
 
-MASTER = "sk-bench-master"
-SEQUENTIAL = int(os.environ.get("BENCH_ACCOUNTING_SEQ", "1000"))
-SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
+SEQUENTIAL = 1500
+SECONDS = 2.0
 HEADERS = {"Authorization": f"Bearer {MASTER}", "Content-Type": "application/json"}
+MODES = ("off", "on", "budget")
 
 
-def _config(db: str, enabled: bool):
-    return parse({"server": {"master_key": MASTER, "log_level": "warning"},
-                  "storage": {"database": f"sqlite:///{db}"},
-                  "providers": {"local": {"type": "mock", "reply_tokens": 16}},
-                  "models": [{"name": "mock", "targets": [{"provider": "local", "model": "mock"}],
-                              "price": {"input": 0.15, "output": 0.60}}],
-                  "telemetry": {"logs": {"access_log": False}},
-                  "accounting": {"enabled": enabled}}, env={})
+def _body(mode: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "bench", "max_tokens": 16,
+                            "messages": [{"role": "user", "content": "Benchmark prompt: say a few words."}]}
+    if mode == "budget":
+        body["metadata"] = {"budget_id": "bench"}
+    return body
 
 
-async def _one_mode(enabled: bool) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        server = TestServer(build_app(_config(f"{tmp}/bench.db", enabled)))
-        await server.start_server()
-        url = str(server.make_url("/v1/chat/completions"))
-        body_dict: dict = {"model": "mock", "max_tokens": 16,
-                           "messages": [{"role": "user", "content": "Benchmark prompt: say a few words."}]}
-        if enabled:
-            async with aiohttp.ClientSession() as s:
-                async with s.post(server.make_url("/admin/budgets"), headers=HEADERS,
-                                  json={"id": "bench", "amount_usd": 1_000_000, "period": "monthly"}) as r:
-                    assert r.status == 200, await r.text()
-            body_dict["metadata"] = {"budget_id": "bench"}
-        body = orjson.dumps(body_dict)
-        try:
-            lat: list[float] = []
-            async with aiohttp.ClientSession() as s:
-                for _ in range(50):                                  # warm-up
-                    async with s.post(url, data=body, headers=HEADERS) as r:
-                        await r.read()
-                for _ in range(SEQUENTIAL):
-                    t0 = time.perf_counter()
-                    async with s.post(url, data=body, headers=HEADERS) as r:
-                        await r.read()
-                        assert r.status == 200
-                    lat.append(time.perf_counter() - t0)
-            lat.sort()
-            conc = await run_load(url, body, HEADERS, 16, SECONDS, False)
-            out = {"seq_p50_ms": round(statistics.median(lat) * 1000, 3),
-                   "seq_p99_ms": round(lat[int(0.99 * len(lat))] * 1000, 3),
-                   "seq_rps": round(len(lat) / sum(lat), 1), "c16": conc.summary()}
-            gw_acct = server.app[GATEWAY].accounting
-            if gw_acct is not None:
-                await gw_acct.writer.flush()
-                out["events_written"] = gw_acct.writer.written
-        finally:
-            await server.close()
+async def _one(up_port: int, mode: str) -> dict[str, Any]:
+    raw = {"providers": {"up": {"type": "openai", "base_url": f"http://127.0.0.1:{up_port}/v1", "api_key": "sk-up"}},
+           "models": [{"name": "bench", "targets": [{"provider": "up", "model": "bench"}],
+                       "price": {"input": 0.15, "output": 0.60}}],
+           "accounting": {"enabled": mode != "off"}, "routing": {"retries": 0}}
+    async with proxy(raw) as px:
+        if mode == "budget":
+            async with aiohttp.ClientSession() as s, s.post(px.url("/admin/budgets"), headers=HEADERS, json={
+                    "id": "bench", "amount_usd": 1_000_000, "period": "monthly"}) as r:
+                assert r.status == 200, await r.text()
+        body = _body(mode)
+        seen = 0
+        async with LeanClient(px.port) as c:
+            for _ in range(200):                                    # warm-up (and the writer process)
+                await c.timed(body)
+            await asyncio.sleep(0.5)
+            lat = [await c.timed(body) for _ in range(SEQUENTIAL)]
+        seen += 200 + SEQUENTIAL
+        conc = await run_load(px.url(), orjson.dumps(body), HEADERS, 32, SECONDS, False)
+        seen += len(conc.latencies) + conc.errors                  # warm-up requests counted below too
+        px.stop()                                                   # SIGTERM: the writer flushes everything
+        events = None
+        if mode != "off":
+            with sqlite3.connect(px.tmp / "ledger.db") as conn:
+                events = int(conn.execute("SELECT COUNT(*) FROM usage_events").fetchone()[0])
+    lat.sort()
+    out: dict[str, Any] = {"seq_p50_ms": round(statistics.median(lat) * 1000, 3),
+                           "seq_p99_ms": round(lat[int(0.99 * len(lat))] * 1000, 3),
+                           "c32_rps": round(conc.rps, 1), "c32_p50_ms": round(conc.pct(conc.latencies, 0.5), 3),
+                           "c32_errors": conc.errors}
+    if events is not None:
+        out["events"], out["answered_at_least"] = events, seen
     return out
 
 
-def _better(a: dict, b: dict) -> dict:
-    return a if a["seq_p50_ms"] + a["c16"]["p50_ms"] <= b["seq_p50_ms"] + b["c16"]["p50_ms"] else b
+async def _measure(rounds: int) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    async with fake_upstream() as up_port:
+        for i in range(rounds):
+            for mode in MODES if i % 2 == 0 else MODES[::-1]:
+                runs[mode].append(await _one(up_port, mode))
+    med = {m: {k: statistics.median(r[k] for r in rs) for k in ("seq_p50_ms", "seq_p99_ms", "c32_rps", "c32_p50_ms")}
+           for m, rs in runs.items()}
+    off = med["off"]
+    out: dict[str, Any] = {"rounds": rounds, "sequential_requests": SEQUENTIAL, "c32_seconds": SECONDS,
+                           "median": med, "runs": runs}
+    for m in ("on", "budget"):
+        out[f"{m}_added_seq_p50_ms"] = round(med[m]["seq_p50_ms"] - off["seq_p50_ms"], 3)
+        out[f"{m}_c32_rps_ratio"] = round(med[m]["c32_rps"] / off["c32_rps"], 3) if off["c32_rps"] else None
+        out[f"{m}_events_missing"] = sum(max(0, r["answered_at_least"] - r["events"]) for r in runs[m])
+    return out
 
 
-async def _measure() -> dict:
-    runs: dict[bool, list[dict]] = {False: [], True: []}
-    for enabled in (False, True, False, True):
-        runs[enabled].append(await _one_mode(enabled))
-    off, on = _better(*runs[False]), _better(*runs[True])
-    return {"name": "accounting_on_vs_off", "sequential_requests": SEQUENTIAL, "c16_seconds": SECONDS,
-            "off": off, "on": on,
-            "added_seq_p50_ms": round(on["seq_p50_ms"] - off["seq_p50_ms"], 3),
-            "added_c16_p50_ms": round(on["c16"]["p50_ms"] - off["c16"]["p50_ms"], 3),
-            "c16_rps_ratio": round(on["c16"]["rps"] / off["c16"]["rps"], 3) if off["c16"]["rps"] else None}
-
-
-def run() -> dict:
-    r = asyncio.run(_measure())
-    off, on = r["off"], r["on"]
-    print(f"accounting off: sequential p50 {off['seq_p50_ms']} ms p99 {off['seq_p99_ms']} ms ({off['seq_rps']} rps); "
-          f"c16 p50 {off['c16']['p50_ms']} ms, {off['c16']['rps']} rps")
-    print(f"accounting on:  sequential p50 {on['seq_p50_ms']} ms p99 {on['seq_p99_ms']} ms ({on['seq_rps']} rps); "
-          f"c16 p50 {on['c16']['p50_ms']} ms, {on['c16']['rps']} rps; events written {on.get('events_written')}")
-    print(f"added by accounting: sequential p50 {r['added_seq_p50_ms']:+.3f} ms, c16 p50 {r['added_c16_p50_ms']:+.3f} ms, "
-          f"c16 rps ratio {r['c16_rps_ratio']}")
+def run(rounds: int = 3) -> dict[str, Any]:
+    r: dict[str, Any] = run_loop(_measure(rounds))
+    for m in MODES:
+        x = r["median"][m]
+        print(f"  accounting {m:6s}: sequential p50 {x['seq_p50_ms']} ms p99 {x['seq_p99_ms']} ms; "
+              f"c32 {x['c32_rps']} req/s, p50 {x['c32_p50_ms']} ms", flush=True)
+    for m in ("on", "budget"):
+        print(f"  accounting {m} vs off: sequential p50 {r[f'{m}_added_seq_p50_ms']:+.3f} ms, c32 throughput x"
+              f"{r[f'{m}_c32_rps_ratio']}, events missing from the ledger: {r[f'{m}_events_missing']}", flush=True)
     return r
 
 
 if __name__ == "__main__":
-    run()
+    run(int(sys.argv[1]) if len(sys.argv) > 1 else 3)

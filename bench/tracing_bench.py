@@ -1,188 +1,139 @@
-"""Tracing overhead: proxy throughput with tracing off and on (OTLP/HTTP to a local sink that discards).
+"""Tracing overhead: proxy throughput with tracing off and on (OTLP/HTTP, sample ratio 1.0, to a local
+collector that decodes nothing).
 
-The proxy runs in this process (uvloop when installed, like `serve`) against the built-in mock provider;
-the load generator, the OTLP sink and the span exporter run in their own processes. Off and on alternate
-over `rounds` rounds and the medians are compared, so a burst of other work on the machine hits both.
-Besides requests/s it reports CPU per request: the proxy process's and the exporter process's.
-`python -m bench.tracing_bench [ratio] [rounds]` prints the figures; `run()` returns them.
+As `make bench` runs it: the proxy (`llm-service serve`), the fake upstream, the collector and this load
+generator each in their own process, the same closed loop at concurrency 32 through the OpenAI adapter,
+non-streaming and streaming. A third scenario is harsher: the built-in mock provider, where the proxy
+does so little per request that tracing's share is largest. Off and on alternate over `rounds` rounds
+(a fresh proxy each) and the medians are compared, so a burst of other work on the machine hits both.
+Besides requests/s it reports CPU per request: the proxy process's and the span exporter's.
+`python -m bench.tracing_bench [rounds]` prints the figures; `run()` returns them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing as mp
+import contextlib
 import os
-import socket
 import statistics
-import time
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-MASTER = "sk-bench-master-0123456789"
-BODY = {"model": "mock", "messages": [{"role": "user", "content": "Say something short."}]}
+import orjson
+
+from bench.load import run_load
+from bench.procs import MASTER, ROOT, cpu_seconds, fake_upstream, free_port, proxy, wait_port
+from bench.procs import run as run_loop
+
+SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
+HEADERS = {"Authorization": f"Bearer {MASTER}", "Content-Type": "application/json"}
+MSG = [{"role": "user", "content": "Benchmark prompt: say a few words."}]
+SCENARIOS = (("nonstream_c32", "bench", False, 32), ("stream_c32", "bench", True, 32),
+             ("mock_nonstream_c32", "mock", False, 32))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@contextlib.asynccontextmanager
+async def collector() -> AsyncIterator[int]:
+    """tests.fakes.otlp_receiver --discard in its own process; yields its port."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.otlp_receiver", "--port", str(port), "--discard"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await wait_port(port)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
-def _sink(port: int, ready: Any) -> None:
-    """An OTLP/HTTP collector that answers every export and keeps nothing."""
-    from aiohttp import web
-
-    async def traces(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=b"", content_type="application/x-protobuf")
-
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_post("/v1/traces", traces)
-    ready.set()
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, handle_signals=True)
+def _exporter_pid(proxy_pid: int) -> int | None:
+    """The proxy's child running proxy.telemetry.otlp_child (Linux /proc)."""
+    for child in Path(f"/proc/{proxy_pid}/task/{proxy_pid}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            if b"otlp_child" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+    return None
 
 
-def _load(url: str, concurrency: int, seconds: float, warmup: float, stream: bool, out: Any) -> None:
+async def _one(up_port: int, sink: int | None) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "providers": {"up": {"type": "openai", "base_url": f"http://127.0.0.1:{up_port}/v1", "api_key": "sk-up"},
+                      "local": {"type": "mock", "reply_tokens": 16}},
+        "models": [{"name": "bench", "targets": [{"provider": "up", "model": "bench"}]},
+                   {"name": "mock", "targets": [{"provider": "local", "model": "mock"}]}],
+        "routing": {"retries": 0},
+    }
+    if sink is not None:
+        raw["telemetry"] = {"tracing": {"endpoint": f"http://127.0.0.1:{sink}", "sample_ratio": 1.0}}
+    out: dict[str, Any] = {}
+    async with proxy(raw) as px:
+        exporter = _exporter_pid(px.proc.pid) if sink is not None else None
+        # The helper processes (usage writer, span exporter) import their libraries after the proxy is up:
+        # a short load and a pause first, so that start-up is not measured.
+        await run_load(px.url(), orjson.dumps({"model": "mock", "messages": MSG}), HEADERS, 4, 0.5, False)
+        await asyncio.sleep(1.0)
+        for name, model, stream, conc in SCENARIOS:
+            body = orjson.dumps({"model": model, "messages": MSG, "stream": stream})
+            p0, x0 = cpu_seconds(px.proc.pid), cpu_seconds(exporter) if exporter else 0.0
+            res = await run_load(px.url(), body, HEADERS, conc, SECONDS, stream)
+            done = max(1, len(res.latencies) + res.errors)      # warm-up requests are in the CPU too: a bound
+            p1, x1 = cpu_seconds(px.proc.pid), cpu_seconds(exporter) if exporter else 0.0
+            out[name] = {"rps": round(res.rps, 1), "p50_ms": round(res.pct(res.latencies, 0.5), 3),
+                         "errors": res.errors, "proxy_cpu_us": round((p1 - p0) / done * 1e6),
+                         "exporter_cpu_us": round((x1 - x0) / done * 1e6)}
+        if sink is not None:
+            await asyncio.sleep(1.5)                  # the last batches reach the exporter and its answer
+            out["spans_dropped"] = await _spans_dropped(px.url("/metrics"))
+    return out
+
+
+async def _spans_dropped(url: str) -> float:
     import aiohttp
-    import orjson
+    from prometheus_client.parser import text_string_to_metric_families
 
-    body = orjson.dumps({**BODY, "stream": stream})
-    headers = {"Authorization": f"Bearer {MASTER}", "Content-Type": "application/json"}
-
-    async def main() -> tuple[int, int]:
-        ok = errors = 0
-        counting = False
-        stop = False
-
-        async def worker(session: aiohttp.ClientSession) -> None:
-            nonlocal ok, errors
-            while not stop:
-                async with session.post(url, data=body, headers=headers) as r:
-                    await r.read()
-                    if counting:
-                        if r.status == 200:
-                            ok += 1
-                        else:
-                            errors += 1
-
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-            tasks = [asyncio.create_task(worker(session)) for _ in range(concurrency)]
-            await asyncio.sleep(warmup)
-            counting = True
-            await asyncio.sleep(seconds)
-            counting, stop = False, True
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return ok, errors
-
-    out.put(asyncio.run(main()))
+    async with aiohttp.ClientSession() as s, s.get(url, headers=HEADERS) as r:
+        text = await r.text()
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "llm_trace_spans_dropped":
+            return sum(sample.value for sample in fam.samples)
+    return float("nan")
 
 
-async def _measure(tracing_endpoint: str, seconds: float, concurrency: int, stream: bool,
-                   sample_ratio: float) -> dict[str, Any]:
-    from aiohttp import web
-
-    from proxy.app import build_app
-    from proxy.config import parse
-    from proxy.gateway import GATEWAY
-
-    cfg = parse({
-        "server": {"master_key": MASTER},
-        "storage": {"database": "sqlite://:memory:"},
-        "providers": {"local": {"type": "mock", "reply_tokens": 16}},
-        "models": [{"name": "mock", "targets": [{"provider": "local", "model": "mock"}]}],
-        "telemetry": {"tracing": {"endpoint": tracing_endpoint, "sample_ratio": sample_ratio}},
-    }, env={})
-    app = build_app(cfg)
-    tracing = app[GATEWAY].telemetry.tracing
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    port = _free_port()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    proc = ctx.Process(target=_load, args=(f"http://127.0.0.1:{port}/v1/chat/completions", concurrency, seconds,
-                                           1.0, stream, out))
-    if tracing is not None:
-        await tracing.flush(30)            # the exporter process is up (its start-up is not measured)
-    proc.start()
-    exporter_pid = tracing.exporter.pid if tracing is not None else None
-    cpu0, xcpu0 = time.process_time(), _cpu_of(exporter_pid)
-    try:
-        ok, errors = await asyncio.to_thread(out.get, True, seconds + 60)
-        # CPU over warm-up + measured window (requests counted over the window only): an upper bound.
-        cpu, xcpu = time.process_time() - cpu0, _cpu_of(exporter_pid) - xcpu0
-        if tracing is not None:
-            await tracing.flush(30)        # what the exporter process dropped, too
-        dropped = tracing.dropped if tracing is not None else 0
-    finally:
-        proc.join(10)
-        await runner.cleanup()
-    window = (seconds + 1.0) / seconds
-    per = max(ok, 1) * window
-    return {"rps": round(ok / seconds, 1), "requests": ok, "errors": errors, "dropped_spans": dropped,
-            "proxy_cpu_us": round(cpu / per * 1e6), "exporter_cpu_us": round(xcpu / per * 1e6)}
-
-
-def _cpu_of(pid: int | None) -> float:
-    """user+system CPU seconds of another process (Linux /proc); 0 when unknown."""
-    if pid is None:
-        return 0.0
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def run(seconds: float = 3.0, concurrency: int = 16, stream: bool = True, sample_ratio: float = 1.0,
-        rounds: int = 3) -> dict[str, Any]:
-    """Median requests/s with tracing off and on; `drop_pct` is the throughput lost to tracing."""
-    try:
-        import uvloop
-        new_loop: Any = uvloop.new_event_loop
-    except ImportError:
-        new_loop = asyncio.new_event_loop
-    sink_port = _free_port()
-    ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    sink = ctx.Process(target=_sink, args=(sink_port, ready), daemon=True)
-    sink.start()
-    ready.wait(10)
-    time.sleep(0.5)
-    try:
-        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-        modes = (("off", ""), ("on", f"http://127.0.0.1:{sink_port}"))
+async def _measure(rounds: int) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    async with fake_upstream() as up_port, collector() as sink:
         for i in range(rounds):
-            for name, endpoint in modes if i % 2 == 0 else modes[::-1]:
-                with asyncio.Runner(loop_factory=new_loop) as runner:
-                    runs[name].append(runner.run(_measure(endpoint, seconds, concurrency, stream, sample_ratio)))
-    finally:
-        sink.terminate()
-        sink.join(5)
-    results: dict[str, Any] = {name: _median(rs) for name, rs in runs.items()}
-    results["runs"] = runs
-    off, on = results["off"]["rps"], results["on"]["rps"]
-    results["drop_pct"] = round(100 * (off - on) / off, 1) if off else None
-    results.update(stream=stream, concurrency=concurrency, seconds=seconds, sample_ratio=sample_ratio)
-    return results
+            for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
+                runs[mode].append(await _one(up_port, sink if mode == "on" else None))
+                await asyncio.sleep(0.2)
+    out: dict[str, Any] = {"rounds": rounds, "seconds": SECONDS, "sample_ratio": 1.0, "scenarios": {},
+                           "spans_dropped_per_round": [r["spans_dropped"] for r in runs["on"]]}
+    for name, *_ in SCENARIOS:
+        off = _median([r[name] for r in runs["off"]])
+        on = _median([r[name] for r in runs["on"]])
+        out["scenarios"][name] = {
+            "off": off, "on": on, "drop_pct": round(100 * (off["rps"] - on["rps"]) / off["rps"], 1) if off["rps"] else None,
+            "rps_off_rounds": [r[name]["rps"] for r in runs["off"]], "rps_on_rounds": [r[name]["rps"] for r in runs["on"]]}
+    return out
 
 
 def _median(rs: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: statistics.median(r[k] for r in rs) for k in rs[0]}
 
 
-if __name__ == "__main__":
-    import sys
+def run(rounds: int = 3) -> dict[str, Any]:
+    r: dict[str, Any] = run_loop(_measure(rounds))
+    for name, s in r["scenarios"].items():
+        off, on = s["off"], s["on"]
+        print(f"  tracing {name:19s} off {off['rps']:8.1f} req/s | on {on['rps']:8.1f} req/s | drop {s['drop_pct']}% | "
+              f"CPU/request: proxy {off['proxy_cpu_us']} -> {on['proxy_cpu_us']} us, exporter {on['exporter_cpu_us']} us"
+              f" | rounds off {s['rps_off_rounds']} on {s['rps_on_rounds']}", flush=True)
+    print(f"  tracing spans dropped per round: {r['spans_dropped_per_round']}", flush=True)
+    return r
 
-    ratio = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    for streaming in (True, False):
-        r = run(stream=streaming, sample_ratio=ratio, rounds=n)
-        kind = "stream" if streaming else "non-stream"
-        off, on = r["off"], r["on"]
-        print(f"{kind:>10} (sample_ratio {ratio:g}, median of {n}): tracing off {off['rps']:8.1f} req/s | "
-              f"tracing on {on['rps']:8.1f} req/s | drop {r['drop_pct']}% | CPU/request: proxy "
-              f"{off['proxy_cpu_us']} -> {on['proxy_cpu_us']} us, exporter {on['exporter_cpu_us']} us | "
-              f"dropped spans {on['dropped_spans']} | errors off={off['errors']} on={on['errors']}")
-        print("           rps per round: off", [x["rps"] for x in r["runs"]["off"]],
-              "on", [x["rps"] for x in r["runs"]["on"]])
+
+if __name__ == "__main__":
+    run(int(sys.argv[1]) if len(sys.argv) > 1 else 3)

@@ -15,7 +15,7 @@ from proxy.config import Config
 from proxy.cost.accounting import Accounting
 from proxy.gateway import GATEWAY, Gateway
 from proxy.keyservice import KeyStore
-from proxy.pipeline import Stage, compose
+from proxy.pipeline import Check, Stage, compose
 from proxy.pipeline.auth import Authenticator, AuthStage
 from proxy.pipeline.budget import acct_stages
 from proxy.pipeline.cache import CacheStage
@@ -38,14 +38,15 @@ def build_gateway(config: Config, keys: KeyStore | None = None) -> Gateway:
     limits = RateLimitStage(config, router)   # in-process, or Redis when storage.redis is set
     acct = (Accounting(config, keys.ledger, router.models)
             if keys is not None and config.accounting.enabled else None)
-    stages: list[Stage] = [
-        AuthStage(auth),
+    stages: list[Stage | Check] = [
+        AuthStage(auth),        # checks (before the call only) run one after another in one frame
         ValidateStage(),
         limits,                 # rate limits: every level in one atomic step; a cache hit still counts
         *(acct_stages(acct) if acct is not None else []),    # budget reserve; cost record (hits too)
         cache,                  # response cache: rate limit and budget go above it, cost below it
     ]
-    pipeline = telemetry.wrap_pipeline(compose(stages, router, telemetry.bind_stage))
+    pipeline = telemetry.wrap_pipeline(compose(stages, telemetry.wrap_router(router), telemetry.bind_stage,
+                                               telemetry.bind_checks))
     gw = Gateway(config=config, backends=backends, router=router, auth=auth, pipeline=pipeline,
                  cache=cache, keys=keys, telemetry=telemetry, accounting=acct, limits=limits)
     if telemetry.metrics is not None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
+
+import msgspec
 
 from proxy.config import Target
 from proxy.context import Usage
@@ -66,3 +69,15 @@ def test_tokenizer_counts_offline_and_bounds():
     assert prompt_upper_bound(body, "chat.completions") >= tok.count_prompt("gpt-4o", body, "chat.completions")
     sse = [b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n', b'data: {"choices":[{"delta":{"content":"lo \\"x\\""}}]}\n\n']
     assert streamed_text(sse) == 'Hello "x"'
+
+
+def test_whole_nano_rates_cost_the_same_in_integers_as_in_decimal():
+    u = Usage(prompt_tokens=1_234_567, completion_tokens=89_012, cached_tokens=4_567, cache_write_tokens=321)
+    fast = Price.per_million(2.5, 10, cached_input=1.25, cache_write=3.75)
+    assert fast.whole == (2500, 1250, 3750, 10000)
+    slow = msgspec.structs.replace(fast, whole=None)              # the Decimal path, same rates
+    assert fast.cost(u) == slow.cost(u) == 1_229_679 * 2500 + 4_567 * 1250 + 321 * 3750 + 89_012 * 10000
+    assert Price.per_million(0.0375, 0.15).whole is None          # 37.5 nanos a token: Decimal, half-even
+    assert Price.per_million(0.0375, 0.15).cost(Usage(prompt_tokens=3)) == 112       # 112.5 -> 112
+    for nanos in (0, 1, 16_000, 1_234, 10**9, 15 * 10**8, 12_345_678_901_234, -5):
+        assert usd_text(nanos) == format(Decimal(nanos) / 10**9, "f")

@@ -8,7 +8,7 @@ import pytest
 from proxy.api.parse import chat_call
 from proxy.app import build_gateway
 from proxy.context import ChatCall, Reply
-from proxy.errors import Unauthorized
+from proxy.errors import ProxyError, Unauthorized
 from proxy.pipeline import Handler, compose
 from tests.conftest import MASTER, make_config
 
@@ -62,3 +62,48 @@ async def test_compose_order_and_finalisers():
     await handler(call)
     await call.finish()
     assert seen == ["auth", "limit", "cache", "router", "finish:cache", "finish:limit", "finish:auth"]
+
+
+async def test_checks_run_in_order_between_stages_and_a_refusal_stops_the_rest():
+    seen: list[str] = []
+
+    class Tag:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def __call__(self, call: ChatCall, next: Handler) -> Reply:
+            seen.append(self.name)
+            reply = await next(call)
+            seen.append("after:" + self.name)
+            return reply
+
+    class Gate:
+        def __init__(self, name: str, refuse: bool = False, sync: bool = False) -> None:
+            self.name, self.refuse, self.sync = name, refuse, sync
+
+        def check(self, call: ChatCall):
+            if self.sync:
+                self._go(call)
+                return None
+            return self._async(call)
+
+        async def _async(self, call: ChatCall) -> None:
+            self._go(call)
+
+        def _go(self, call: ChatCall) -> None:
+            seen.append(self.name)
+            if self.refuse and call.model == "refused":
+                raise ProxyError("no", status=429)
+
+    async def endpoint(call: ChatCall) -> Reply:
+        seen.append("router")
+        return Reply(body=b"{}")
+
+    handler = compose([Gate("auth"), Gate("validate", sync=True), Tag("cost"), Gate("budget", refuse=True),
+                       Tag("cache")], endpoint)
+    await handler(ChatCall(body={}, model="m", stream=False))
+    assert seen == ["auth", "validate", "cost", "budget", "cache", "router", "after:cache", "after:cost"]
+    seen.clear()
+    with pytest.raises(ProxyError):
+        await handler(ChatCall(body={}, model="refused", stream=False))
+    assert seen == ["auth", "validate", "cost", "budget"]        # nothing after the refusal ran

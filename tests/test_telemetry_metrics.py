@@ -123,3 +123,22 @@ async def test_each_app_has_its_own_registry(start_proxy):
     a = await start_proxy(make_config())
     b = await start_proxy(make_config())
     assert a.app[GATEWAY].telemetry.metrics.registry is not b.app[GATEWAY].telemetry.metrics.registry
+
+
+async def test_streamed_cost_reaches_the_cost_counter(start_proxy):
+    """A stream is priced after its last byte (no x-llm-cost header); the counter still gets it."""
+    from tests.cost_helpers import PER_CALL_NANOS, chat_body, priced_config
+
+    server = await start_proxy(priced_config("sqlite://:memory:"))
+    client = openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key=MASTER, max_retries=0)
+    body = chat_body()
+    stream = await client.chat.completions.create(model=body["model"], messages=body["messages"],
+                                                  max_tokens=body["max_tokens"], stream=True)
+    assert [c async for c in stream]
+    plain = await client.chat.completions.create(model=body["model"], messages=body["messages"],
+                                                 max_tokens=body["max_tokens"])
+    assert plain.choices[0].message.content
+    await client.close()
+    _, text = await scrape(server)
+    got = value(text, "llm_cost_usd_total", model="mock", provider="local")
+    assert got is not None and abs(got - 2 * PER_CALL_NANOS / 1e9) < 1e-12

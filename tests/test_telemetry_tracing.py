@@ -17,8 +17,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from proxy.config import TracingConfig
 from proxy.gateway import GATEWAY
-from proxy.telemetry.otlp_export import ExportSettings, encode_request, readable_spans
-from proxy.telemetry.otlp_process import ExportProcess
+from proxy.telemetry.otlp_export import BATCH, ExportSettings, Message, encode_request, readable_spans
+from proxy.telemetry.otlp_process import ExportProcess, batch_message
 from proxy.telemetry.trace_record import (
     KIND_CLIENT,
     KIND_INTERNAL,
@@ -37,6 +37,7 @@ CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_PARENT = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"
 SECRET_PROMPT = "my very private prompt 12345"
+_ENCODE = msgspec.msgpack.Encoder().encode
 
 
 @pytest.fixture
@@ -261,6 +262,37 @@ def test_fast_encoding_equals_the_official_encoder():
     assert again == ours
 
 
+def test_trace_records_encode_to_the_bytes_of_their_spans():
+    """The exporter writes a stage span from a template; it must equal encoding the span itself."""
+    names = ["pipeline.cache", "pipeline.rate_limit", "pipeline.auth"]
+    base = RequestTrace(trace_id=CLIENT_TRACE, span_id=5, parent_id=7, remote_parent=True, trace_state="v=1",
+                        start_ns=10, op="chat", model="gpt", request_id="r1", ingress="rest",
+                        request_attrs={"gen_ai.request.max_tokens": 16}, marks=[4, 11, 2, 12, 0, 13, ROUTER, 14],
+                        attempts=[AttemptTrace(span_id=9, start_ns=14, provider="up", model="gpt-4o", number=1,
+                                               end_ns=18, error="upstream_error", message="boom"),
+                                  AttemptTrace(span_id=10, start_ns=18, provider="up", model="gpt-4o", number=2,
+                                               end_ns=19, input_tokens=3, output_tokens=4)],
+                        end_ns=20, status=200, n_attempts=2, provider="up", usage=(3, 4, 1), cost=0.5,
+                        finish_reasons=["stop"], ttft=0.25, cache="miss", key_id="master")
+    traces = [base,
+              msgspec.structs.replace(base, trace_id="2" * 32, trace_state="", remote_parent=False, parent_id=0,
+                                      marks=[4, 11, 5, 12], stage_error=(2, "invalid_api_key", "bad"), attempts=[],
+                                      status=401, error="invalid_api_key", message=""),
+              msgspec.structs.replace(base, trace_id="3" * 32, marks=[4, 11, 2, 12], attempts=[])]   # still open
+    from proxy.telemetry.otlp_export import wire_encoder
+
+    def ids():
+        n = iter(range(1000, 2000))
+        return lambda: next(n)
+
+    direct = wire_encoder("svc").traces(traces, names, {"up": "openai"}, ids())
+    new_id = ids()
+    spans = [r for t in traces for r in to_spans(t, names, {"up": "openai"}, new_id)]
+    assert direct == encode_request(spans, "svc")
+    assert ExportTraceServiceRequest.FromString(direct) == encode_spans(readable_spans(spans, "svc"))
+    assert len(spans) == (1 + 3 + 2) + (1 + 1) + (1 + 2)
+
+
 def _settings(endpoint: str, max_queue_size: int = 2048) -> ExportSettings:
     return ExportSettings(endpoint=endpoint, protocol="http/protobuf", service_name="t", headers={},
                           export_timeout=0.5, max_queue_size=max_queue_size)
@@ -281,7 +313,7 @@ async def test_a_stuck_exporter_drops_spans_and_never_blocks():
         slowest = 0.0
         for _ in range(200):
             t0 = time.perf_counter()
-            proc.send(_batch(50))
+            proc.send([_ENCODE(t) for t in _batch(50)], 50)
             slowest = max(slowest, time.perf_counter() - t0)
         assert proc.dropped > 0
         assert slowest < 0.05
@@ -289,6 +321,13 @@ async def test_a_stuck_exporter_drops_spans_and_never_blocks():
         os.kill(proc.pid, signal.SIGCONT)
         await proc.close()
     assert not proc.alive
+
+
+def test_a_batch_of_encoded_traces_is_one_message():
+    for n in (0, 3, 15, 16, 300):
+        traces = _batch(n)
+        msg = msgspec.msgpack.decode(batch_message([_ENCODE(t) for t in traces]), type=Message)
+        assert msg.kind == BATCH and msg.traces == traces
 
 
 def test_trace_records_become_the_spans_they_stand_for():

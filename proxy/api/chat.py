@@ -6,7 +6,7 @@ from aiohttp import web
 
 from proxy.api.http import REQUEST_ID
 from proxy.api.parse import chat_call, decode_json
-from proxy.api.respond import write_reply
+from proxy.api.respond import carry_headers, write_reply
 from proxy.errors import ProxyError, Unavailable
 from proxy.gateway import GATEWAY
 
@@ -24,6 +24,7 @@ async def _serve(request: web.Request, endpoint: str) -> web.StreamResponse:
         return await write_reply(request, call, reply)
     except ProxyError as e:
         call.status, call.error = e.status, e.message
+        carry_headers(call, e)
         raise
     finally:
         gw.inflight -= 1

@@ -10,6 +10,16 @@ from proxy.api.http import CORS_HEADERS
 from proxy.context import ChatCall, Reply
 from proxy.errors import ProxyError
 
+CARRIED = ("x-ratelimit-",)      # headers a stage set that an error answer carries too
+
+
+def carry_headers(call: ChatCall, e: ProxyError) -> None:
+    """An error raised after the rate limit admitted the call still tells the client its limits."""
+    for k, v in call.response_headers.items():
+        if k.startswith(CARRIED):
+            e.headers.setdefault(k, v)
+
+
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 

@@ -11,7 +11,7 @@ from proxy.context import Usage
 _RAW, _ZLIB = b"\x00", b"\x01"
 
 
-class Entry(msgspec.Struct, array_like=True, omit_defaults=True):
+class Entry(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
     created: float                      # wall-clock time of the write (for `age` and max-age)
     model: str                          # the configured model name
     provider: str = ""                  # who produced it (for the saved-cost figure)

@@ -44,7 +44,7 @@ def cache_key(ns: str, endpoint: str, model: str, target: Target, body: dict[str
     return hashlib.sha256(canon).hexdigest()
 
 
-class Controls(msgspec.Struct, frozen=True):
+class Controls(msgspec.Struct, frozen=True, gc=False):
     lookup: bool            # look for an entry (false: Cache-Control: no-cache)
     store: bool             # write the answer (false: Cache-Control: no-store)
     ttl: float              # seconds the written entry lives

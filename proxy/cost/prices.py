@@ -35,15 +35,21 @@ class Price(msgspec.Struct, frozen=True, kw_only=True):
     cached_input: Decimal
     cache_write: Decimal
     valid_from: dt.date = dt.date(1970, 1, 1)
+    # (input, cached_input, cache_write, output) as ints when each is a whole number of nanos per token
+    # (most prices): cost() is then exact in integer arithmetic, without Decimal.
+    whole: tuple[int, int, int, int] | None = None
 
     @classmethod
     def per_million(cls, input: Any, output: Any = 0, cached_input: Any = None, cache_write: Any = None,
                     valid_from: dt.date | None = None) -> Price:
         i = _dec(input) * _PER_TOKEN
-        return cls(input=i, output=_dec(output or 0) * _PER_TOKEN,
-                   cached_input=_dec(cached_input) * _PER_TOKEN if cached_input is not None else i,
-                   cache_write=_dec(cache_write) * _PER_TOKEN if cache_write is not None else i,
-                   valid_from=valid_from or dt.date(1970, 1, 1))
+        o = _dec(output or 0) * _PER_TOKEN
+        c = _dec(cached_input) * _PER_TOKEN if cached_input is not None else i
+        w = _dec(cache_write) * _PER_TOKEN if cache_write is not None else i
+        rates = (i, c, w, o)
+        whole = (int(i), int(c), int(w), int(o)) if all(r == r.to_integral_value() for r in rates) else None
+        return cls(input=i, output=o, cached_input=c, cache_write=w, valid_from=valid_from or dt.date(1970, 1, 1),
+                   whole=whole)
 
     @classmethod
     def from_config(cls, p: PriceConfig) -> Price:
@@ -54,6 +60,10 @@ class Price(msgspec.Struct, frozen=True, kw_only=True):
         cached = min(usage.cached_tokens, usage.prompt_tokens)
         written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
         fresh = usage.prompt_tokens - cached - written
+        whole = self.whole
+        if whole is not None:                    # whole nanos per token: exact in integers, no Decimal
+            i, c, w, o = whole
+            return fresh * i + cached * c + written * w + usage.completion_tokens * o
         total = (fresh * self.input + cached * self.cached_input + written * self.cache_write
                  + usage.completion_tokens * self.output)
         return int(total.to_integral_value(rounding=ROUND_HALF_EVEN))
@@ -71,8 +81,10 @@ def usd(nanos: int | None) -> float | None:
 
 
 def usd_text(nanos: int) -> str:
-    """Exact decimal text, e.g. 1234 nanos -> '0.000001234'."""
-    return format(Decimal(nanos) / NANOS_PER_USD, "f")
+    """Exact decimal text, e.g. 1234 nanos -> '0.000001234', 1_500_000_000 -> '1.5'."""
+    sign = "-" if nanos < 0 else ""
+    whole, frac = divmod(abs(nanos), NANOS_PER_USD)
+    return f"{sign}{whole}.{frac:09d}".rstrip("0") if frac else f"{sign}{whole}"
 
 
 def usd_to_nanos(amount: Any) -> int:

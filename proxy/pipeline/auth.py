@@ -10,9 +10,8 @@ from typing import Any, Protocol
 
 import msgspec
 
-from proxy.context import ChatCall, Reply
+from proxy.context import ChatCall
 from proxy.errors import Unauthorized
-from proxy.pipeline import Handler
 
 _GLOB = re.compile(r"[*?\[]")
 
@@ -71,6 +70,5 @@ class AuthStage:
     def __init__(self, auth: Authenticator) -> None:
         self.auth = auth
 
-    async def __call__(self, call: ChatCall, next: Handler) -> Reply:
+    async def check(self, call: ChatCall) -> None:
         call.key = await self.auth.authenticate(call.credential)
-        return await next(call)

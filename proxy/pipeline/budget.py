@@ -13,18 +13,19 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import msgspec
 
-from proxy.context import ChatCall, Reply
+from proxy.context import ChatCall
 from proxy.cost.accounting import Accounting
 from proxy.cost.alerts import crossed
 from proxy.cost.periods import counter_ttl, iso, period_start
 from proxy.cost.prices import usd
 from proxy.cost.tokens import prompt_upper_bound
 from proxy.errors import QuotaExceeded, Unavailable
-from proxy.pipeline import Handler, Stage
+from proxy.pipeline import Check, Stage
 from proxy.store.budgets import Budget
 from proxy.store.usage import spent_since
 
@@ -83,17 +84,20 @@ class BudgetStage:
         self.cfg = acct.bcfg
         self._warned: set[str] = set()
 
-    async def __call__(self, call: ChatCall, next: Handler) -> Reply:
+    def check(self, call: ChatCall) -> Awaitable[None] | None:
         bid = budget_id_of(call) if self.cfg.enabled else None
         if bid is None:
-            return await next(call)
+            return None
         call.extras["budget_id"] = bid
+        return self._reserve(call, bid)
+
+    async def _reserve(self, call: ChatCall, bid: str) -> None:
         budget = await self.acct.budgets.get(bid)
         if budget is None:
             if bid not in self._warned:
                 self._warned.add(bid)
                 log.warning("budget %r is referenced but not defined: not enforced", bid)
-            return await next(call)
+            return
         amount = self.worst_case(call, budget.hard)
         now = time.time()
         start = period_start(budget.period, now)
@@ -111,14 +115,13 @@ class BudgetStage:
             if budget.hard:
                 log.error("budget store unreachable (%s): refusing calls under hard budget %r", type(e).__name__, bid)
                 raise Unavailable("The budget store is unreachable; try again shortly.") from None
-            return await next(call)
+            return
         if not ok:
             raise QuotaExceeded(f"Budget '{budget.id}' is exhausted for this {budget.period} period "
                                 f"(${usd(budget.amount_nanos):.2f}); this request could cost up to "
                                 f"${usd(amount):.6f}.")
         call.extras["budget_hold"] = Hold(budget, counter, amount)
         call.on_finish(self._settle)
-        return await next(call)
 
     def worst_case(self, call: ChatCall, hard: bool) -> int:
         body = call.body
@@ -158,7 +161,7 @@ class BudgetStage:
             self.acct.alerter.notify(alert_event(b, hold.counter, t, after))
 
 
-def acct_stages(acct: Accounting) -> list[Stage]:
+def acct_stages(acct: Accounting) -> list[Stage | Check]:
     """Budget (reserve, settle) then cost (price, record): both above the response cache."""
     from proxy.pipeline.cost import CostStage
     return [BudgetStage(acct), CostStage(acct)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from proxy.context import ChatCall, Reply, Usage
@@ -35,19 +36,19 @@ def _missing(u: Usage | None) -> bool:
 class CostStage:
     def __init__(self, acct: Accounting) -> None:
         self.acct = acct
+        self._record_fn = self._record          # one bound method, not one per call
 
     async def __call__(self, call: ChatCall, next: Handler) -> Reply:
         if call.stream:
             call.extras[TAP] = []
-        call.on_finish(self._record)
+        call.on_finish(self._record_fn)
         reply = await next(call)
         if reply.chunks is None:
             call.extras["reply_body"] = reply.body
-            if reply.status == 200 and not _missing(call.usage):
-                cost, saved = self._price(call, call.usage)
-                call.extras["priced"] = (call.usage, cost, saved)
-                u = call.usage
-                assert u is not None
+            u = call.usage
+            if reply.status == 200 and u is not None and not _missing(u):
+                cost, saved = self._price(call, u)
+                call.extras["priced"] = (u, cost, saved)
                 h = call.response_headers
                 h["x-llm-prompt-tokens"] = str(u.prompt_tokens)
                 h["x-llm-completion-tokens"] = str(u.completion_tokens)
@@ -65,19 +66,29 @@ class CostStage:
             full = 0                          # priced, no tokens (e.g. an upstream error)
         return full, 0
 
-    async def _record(self, call: ChatCall) -> None:
-        cached = bool(call.extras.get("cached"))
+    def _record(self, call: ChatCall) -> Awaitable[None] | None:
+        """Synchronous unless tokens must be counted (off the event loop): most calls pay no coroutine."""
+        extras = call.extras
+        cached = bool(extras.get("cached"))
         if call.attempts == 0 and not cached:
-            return                            # never reached a provider: nothing spent, nothing to record
+            return None                       # never reached a provider: nothing spent, nothing to record
         usage = call.usage
-        tap: list[bytes] | None = call.extras.get(TAP)
+        tap: list[bytes] | None = extras.get(TAP)
         status, error = call.status, call.error
         if call.stream and error is None and tap is not None and not cached:
             tail = tap[-1] if tap else b""
             if DONE_MARK not in tail and not any(DONE_MARK in c for c in tap[-3:]):
                 status, error = 499, "stream ended early (client disconnected)"
         if _missing(usage) and not cached:
-            usage = await self._estimate(call, tap, status)
+            return self._record_estimated(call, tap, status, error)
+        self._write(call, usage, status, error)
+        return None
+
+    async def _record_estimated(self, call: ChatCall, tap: list[bytes] | None, status: int,
+                                error: str | None) -> None:
+        self._write(call, await self._estimate(call, tap, status), status, error)
+
+    def _write(self, call: ChatCall, usage: Usage | None, status: int, error: str | None) -> None:
         done = call.extras.get("priced")
         cost, saved = done[1:] if done is not None and done[0] is usage else self._price(call, usage)
         call.extras["cost_nanos"] = cost

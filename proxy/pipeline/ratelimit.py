@@ -12,19 +12,18 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from proxy.config import Config, LimitRule, ModelConfig, Target
-from proxy.context import ChatCall, Reply
+from proxy.context import ChatCall
 from proxy.errors import ProxyError, RateLimited, Unavailable
 from proxy.limits import Decision, Level, LevelState, Limiter, format_reset
 from proxy.limits.memory import MemoryLimiter
 from proxy.limits.tokens import TokenEstimator
-from proxy.pipeline import Handler
 
 PRIORITY_HEADER = "x-llm-priority"
 
@@ -171,12 +170,17 @@ class RateLimitStage:
 
     # -- the stage -----------------------------------------------------------------------------------
 
-    async def __call__(self, call: ChatCall, next: Handler) -> Reply:
+    def check(self, call: ChatCall) -> Awaitable[None] | None:
+        """Every level in one atomic step. The x-ratelimit-* headers go on the answer, errors from
+        later stages included (the ingress copies them onto an error)."""
         if not self.cfg.enabled:
-            return await next(call)
+            return None
         levels, token_model = self.levels_for(call)
         if not levels:
-            return await next(call)
+            return None
+        return self._acquire(call, levels, token_model)
+
+    async def _acquire(self, call: ChatCall, levels: list[Level], token_model: str) -> None:
         uses_tokens = settles = False
         for lv in levels:
             if lv.tpm:
@@ -192,12 +196,6 @@ class RateLimitStage:
         call.response_headers.update(headers)
         if settles and not d.degraded:
             call.on_finish(lambda c: self._settle(c, levels, lease, tokens))
-        try:
-            return await next(call)
-        except ProxyError as e:
-            for k, v in headers.items():
-                e.headers.setdefault(k, v)
-            raise
 
     async def _settle(self, call: ChatCall, levels: list[Level], lease: str, reserved: int) -> None:
         u = call.usage

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from proxy.api.parse import validate_chat, validate_embeddings
-from proxy.context import ChatCall, Reply
-from proxy.pipeline import Handler
+from proxy.context import ChatCall
 
 
 class ValidateStage:
-    async def __call__(self, call: ChatCall, next: Handler) -> Reply:
+    def check(self, call: ChatCall) -> None:
         if call.endpoint == "chat.completions":
             validate_chat(call)
         elif call.endpoint == "embeddings":
             validate_embeddings(call)
-        return await next(call)

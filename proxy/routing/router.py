@@ -69,22 +69,10 @@ class Router:
         self._reroute = backoff.on_exception(backoff.runtime, _Throttled, value=lambda e: e.sleep, jitter=None,
                                              logger=None)(self._route_once)
 
-    async def _try_target(self, call: ChatCall, target: Target) -> Reply:
-        try:
-            return await self._tracked_attempt(call, target)
-        except UpstreamError as e:
-            if self.routing.retries < 1 or _retry_same_target(e):
-                raise
+    async def _retry(self, call: ChatCall, target: Target) -> Reply:
+        """After a first failure worth retrying on the same target: wait, then retry with backoff."""
         await asyncio.sleep(random.uniform(0, self.routing.backoff_base))    # the first back-off wait
         return await self._retry_target(call, target)
-
-    async def _route(self, call: ChatCall, targets: list[Target]) -> Reply:
-        try:
-            return await self._route_once(call, targets)
-        except _Throttled as t:
-            sleep = t.sleep
-        await asyncio.sleep(sleep)
-        return await self._reroute(call, targets)
 
     def resolve(self, name: str) -> ModelConfig:
         return self.models.resolve(name)
@@ -99,7 +87,13 @@ class Router:
         targets = ordered(model, self.health)
         if call.headers.get("x-llm-fallbacks", "").strip().lower() == "none":
             targets = targets[:1]
-        return await self._route(call, targets)
+        # Flat on purpose: every frame on this stack is resumed at each wait for the provider.
+        try:
+            return await self._route_once(call, targets)
+        except _Throttled as t:
+            sleep = t.sleep
+        await asyncio.sleep(sleep)
+        return await self._reroute(call, targets)
 
     async def _route_once(self, call: ChatCall, targets: list[Target]) -> Reply:
         key = call.key
@@ -127,7 +121,12 @@ class Router:
                                            headers={"retry-after": str(wait)})
                 continue
             try:
-                reply = await self._try_target(call, target)
+                try:
+                    reply = await self._tracked_attempt(call, target)
+                except UpstreamError as e:
+                    if self.routing.retries < 1 or _retry_same_target(e):
+                        raise
+                    reply = await self._retry(call, target)
                 call.response_headers["x-llm-attempts"] = str(call.attempts)
                 return reply
             except UpstreamError as e:
@@ -167,8 +166,21 @@ class Router:
         st = self.health.of(target)
         started = time.monotonic()
         self.health.begin(st, started)
+        backend = self.backends[target.provider]
+        call.attempts += 1
+        call.target = target
         try:
-            reply = await self.attempt(call, target)
+            prepare = getattr(backend.provider, "prepare", None)
+            if prepare is not None:
+                await prepare(target, backend.transport)   # e.g. fetch a model's supported params (cached)
+            wire = backend.provider.to_wire(call, target)
+            if not self.attempt_scopes:
+                reply = await self._send(call, target, backend, wire)
+            else:
+                with contextlib.ExitStack() as stack:
+                    for scope in self.attempt_scopes:
+                        stack.enter_context(scope(call, target, wire))
+                    reply = await self._send(call, target, backend, wire)
         except UpstreamError as e:
             self._account_failure(st, e)
             raise
@@ -193,21 +205,6 @@ class Router:
             self.health.failure(st, e.message)
         else:
             self.health.neutral(st)
-
-    async def attempt(self, call: ChatCall, target: Target) -> Reply:
-        backend = self.backends[target.provider]
-        call.attempts += 1
-        call.target = target
-        prepare = getattr(backend.provider, "prepare", None)
-        if prepare is not None:
-            await prepare(target, backend.transport)     # e.g. fetch a model's supported params (cached)
-        wire = backend.provider.to_wire(call, target)
-        if not self.attempt_scopes:
-            return await self._send(call, target, backend, wire)
-        with contextlib.ExitStack() as stack:
-            for scope in self.attempt_scopes:
-                stack.enter_context(scope(call, target, wire))
-            return await self._send(call, target, backend, wire)
 
     async def _send(self, call: ChatCall, target: Target, backend: Backend, wire: WireRequest) -> Reply:
         headers = {"x-llm-provider": backend.name, "x-llm-upstream-model": target.model}

@@ -12,20 +12,20 @@ import asyncio
 import hmac
 import ipaddress
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 
 from proxy.config import Config, Target
 from proxy.context import ChatCall, Reply
 from proxy.errors import ProxyError
-from proxy.pipeline import Handler, Stage
+from proxy.pipeline import CheckBinder, Handler, StageBinder
 from proxy.providers.base import WireRequest
+from proxy.telemetry import facts
 from proxy.telemetry.logging import log_access
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.trace_record import AttemptTrace
 from proxy.telemetry.tracing import Tracing, resolve
 
-Binder = Callable[[Stage, Handler], Handler]
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 
@@ -48,11 +48,21 @@ class Telemetry:
         self.metrics_key = tc.metrics.key
         self.allow_from = [ipaddress.ip_network(c, strict=False) for c in tc.metrics.allow_from]
         self.attempt_hook = AttemptHook(self)
+        if self.metrics is not None:
+            self.metrics.watch_tracing(self.tracing)
 
     @property
-    def bind_stage(self) -> Binder | None:
-        """compose()'s binder: a span per stage when tracing is on; None (plain binding) when off."""
+    def bind_stage(self) -> StageBinder | None:
+        """compose()'s binders: a span per stage when tracing is on; None (plain binding) when off."""
         return self.tracing.bind_stage if self.tracing is not None else None
+
+    @property
+    def bind_checks(self) -> CheckBinder | None:
+        return self.tracing.bind_checks if self.tracing is not None else None
+
+    def wrap_router(self, router: Handler) -> Handler:
+        """Tracing on: the router's entry ends the last stage's span (a mark, no extra frame)."""
+        return self.tracing.mark_router(router) if self.tracing is not None else router
 
     def watch_router(self, router: object) -> None:
         """Breaker and probe state as gauges, read from the router's health at scrape time."""
@@ -71,7 +81,11 @@ class Telemetry:
                 reply = await inner(call)
             except BaseException as e:
                 call.extras["error_code"] = _code(e)
+                if tracing is not None:
+                    tracing.pipeline_done(call, e)
                 raise
+            if tracing is not None:
+                tracing.pipeline_done(call, None)
             if reply.chunks is not None and metrics is not None:
                 metrics.stream_started(call)
             if tracing is not None:
@@ -83,12 +97,13 @@ class Telemetry:
     def observe(self, call: ChatCall) -> None:
         """Gateway observer: the call is finished (for a stream, its last byte went out)."""
         latency = time.monotonic() - call.started
+        o = facts.outcome(call)
         if self.tracing is not None:
-            self.tracing.end_request(call)
+            self.tracing.end_request(call, o)
         if self.metrics is not None:
-            self.metrics.finished(call, latency)
+            self.metrics.finished(call, latency, o)
         if self.access_log:
-            log_access(call, latency)
+            log_access(call, latency, o)
 
     def may_scrape(self, remote: str | None, credential: str | None) -> bool | None:
         """True: open network or the metrics key. None: ask the authenticator (the master key may)."""

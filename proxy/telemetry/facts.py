@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import msgspec
+
 from proxy.context import ChatCall
 
 # gen_ai.operation.name for each endpoint (OpenTelemetry GenAI semantic conventions).
@@ -54,7 +56,11 @@ def status(call: ChatCall) -> int:
 
 
 def cost(call: ChatCall) -> float | None:
-    for v in (getattr(call, "cost", None), call.extras.get("cost"), call.response_headers.get("x-llm-cost")):
+    """USD: what the cost stage priced (streams too, after their last byte), else a stage's `cost`."""
+    nanos = call.extras.get("cost_nanos")
+    if isinstance(nanos, int):
+        return nanos / 1e9
+    for v in (call.extras.get("cost"), call.response_headers.get("x-llm-cost")):
         if v is None or v == "":
             continue
         try:
@@ -65,11 +71,28 @@ def cost(call: ChatCall) -> float | None:
 
 
 def cache_status(call: ChatCall) -> str | None:
-    for v in (getattr(call, "cache_status", None), call.extras.get("cache"),
-              call.response_headers.get("x-llm-cache")):
+    for v in (call.extras.get("cache"), call.response_headers.get("x-llm-cache")):
         if isinstance(v, str) and v:
             return v.lower()
     return None
+
+
+class Outcome(msgspec.Struct, gc=False):
+    """What metrics, traces and the access log all read off a finished call: read once."""
+
+    status: int
+    provider: str
+    upstream_model: str
+    ttft: float | None
+    cost: float | None
+    cache: str | None
+    key_id: str | None
+    error_code: str | None
+
+
+def outcome(call: ChatCall) -> Outcome:
+    return Outcome(status(call), provider_of(call), upstream_model(call), ttft_seconds(call), cost(call),
+                   cache_status(call), key_id(call), error_code(call))
 
 
 def error_code(call: ChatCall) -> str | None:

@@ -98,33 +98,35 @@ def setup_logging(level: str = "info", fmt: str = "json", stream: IO[str] | None
     return handler
 
 
-def access_fields(call: ChatCall, latency: float) -> dict[str, Any]:
+def access_fields(call: ChatCall, latency: float, o: facts.Outcome | None = None) -> dict[str, Any]:
     """The access line's fields. Never the credential, the prompt or the completion."""
     u = call.usage
-    ttft = facts.ttft_seconds(call)
+    if o is None:
+        o = facts.outcome(call)
+    ttft = o.ttft
     return {
         "request_id": call.request_id,
-        "key_id": facts.key_id(call),
+        "key_id": o.key_id,
         "ingress": call.ingress,
         "endpoint": call.endpoint,
         "model": call.model,
-        "provider": facts.provider_of(call) or None,
-        "upstream_model": facts.upstream_model(call) or None,
+        "provider": o.provider or None,
+        "upstream_model": o.upstream_model or None,
         "stream": call.stream,
-        "status": facts.status(call),
+        "status": o.status,
         "latency_ms": round(latency * 1000, 2),
         "ttft_ms": round(ttft * 1000, 2) if ttft is not None else None,
         "attempts": call.attempts,
         "prompt_tokens": u.prompt_tokens if u else None,
         "completion_tokens": u.completion_tokens if u else None,
         "total_tokens": (u.total_tokens or u.prompt_tokens + u.completion_tokens) if u else None,
-        "cost": facts.cost(call),
-        "cache": facts.cache_status(call),
+        "cost": o.cost,
+        "cache": o.cache,
         "error": call.error,
-        "error_code": facts.error_code(call),
+        "error_code": o.error_code,
     }
 
 
-def log_access(call: ChatCall, latency: float) -> None:
+def log_access(call: ChatCall, latency: float, o: facts.Outcome | None = None) -> None:
     if ACCESS.isEnabledFor(logging.INFO):
-        ACCESS.info("request", extra={"fields": access_fields(call, latency)})
+        ACCESS.info("request", extra={"fields": access_fields(call, latency, o)})

@@ -122,20 +122,22 @@ class Metrics:
         self.streams.values[()] += 1
         call.extras["telemetry.stream"] = True
 
-    def finished(self, call: ChatCall, latency: float) -> None:
+    def finished(self, call: ChatCall, latency: float, o: facts.Outcome | None = None) -> None:
         extras = call.extras
         if extras.pop("telemetry.inflight", False):
             self.inflight.values[()] -= 1
         if extras.pop("telemetry.stream", False):
             self.streams.values[()] -= 1
+        if o is None:
+            o = facts.outcome(call)
         model = call.model if call.model in self.models else OTHER
-        provider = facts.provider_of(call) or "none"
-        status = facts.status(call)
+        provider = o.provider or "none"
+        status = o.status
         st = str(status)
         key = (model, provider, st)
         self.requests.inc(key)
         self.latency.observe(key, latency)
-        ttft = facts.ttft_seconds(call)
+        ttft = o.ttft
         if ttft is not None:
             self.ttft.observe((model, provider), ttft)
         u = call.usage
@@ -147,14 +149,14 @@ class Metrics:
                 tokens.inc((model, provider, "output"), u.completion_tokens)
             if u.cached_tokens:
                 tokens.inc((model, provider, "cached_input"), u.cached_tokens)
-        cost = facts.cost(call)
+        cost = o.cost
         if cost:
             self.cost.inc((model, provider), cost)
-        cache = facts.cache_status(call)
+        cache = o.cache
         if cache is not None:
             self.cache.inc((cache,))
         if status >= 400 or call.error:
-            code = facts.error_code(call) or "error"
+            code = o.error_code or "error"
             self.errors.inc((st, code))
             reason = facts.REJECTIONS.get(code)
             if reason is not None and not call.attempts:
@@ -169,6 +171,11 @@ class Metrics:
         """Expose the router's health (breakers, probes) as gauges, read at scrape time."""
         if health is not None and callable(getattr(health, "snapshot", None)):
             self.registry.register(HealthCollector(health))
+
+    def watch_tracing(self, tracing: Any) -> None:
+        """Spans the exporter had to drop (a slow or unreachable collector), read at scrape time."""
+        if tracing is not None:
+            self.registry.register(_SpansDropped(tracing))
 
     def set_budget_utilisation(self, budget: str, ratio: float) -> None:
         self.budget.values[(budget,)] = ratio
@@ -186,6 +193,19 @@ class RequestCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         for f in self.families:
             yield f.family()
+
+
+class _SpansDropped(Collector):
+    def __init__(self, tracing: Any) -> None:
+        self.tracing = tracing
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("llm_trace_spans_dropped", "Spans dropped instead of exported (the collector "
+                                  "was slow or unreachable); requests never wait for an export.",
+                                  value=float(self.tracing.dropped))
 
 
 class HealthCollector(Collector):

@@ -29,7 +29,6 @@ from proxy.telemetry.otlp_export import (
     export_batch,
     make_exporter,
 )
-from proxy.telemetry.trace_record import to_spans
 
 NICE = 10                       # the exporter's scheduling priority below the proxy's
 EXPORT_SPANS = 4096             # spans per OTLP export request, at most (batches waiting are merged)
@@ -44,8 +43,14 @@ class Exporter:
         self.held = 0                  # spans in the backlog (a request trace counts its spans)
         self.dropped = 0
         self.cv = threading.Condition()
+        self.out_lock = threading.Lock()
         rng = random.Random()
         self.new_id = lambda: rng.getrandbits(64) or 1
+
+    def tell(self, flushed: bool) -> None:
+        """A flush's answer, or news of dropped spans (both threads call it: one write at a time)."""
+        with self.out_lock:
+            write_frame(self.out_fd, msgspec.msgpack.encode(FlushAck(self.dropped, flushed)))
 
     @staticmethod
     def spans_in(m: Message) -> int:
@@ -60,6 +65,7 @@ class Exporter:
                 n = self.spans_in(msg) if msg is not None and msg.kind == BATCH else 0
                 if n and self.held + n > self.settings.max_queue_size:
                     self.dropped += n              # the collector is slow or gone: drop, keep draining
+                    self.tell(flushed=False)
                 else:
                     self.held += n
                     self.backlog.append(msg)
@@ -94,14 +100,13 @@ class Exporter:
             if end:
                 return
             if not taken:                               # a flush: everything before it is exported
-                write_frame(self.out_fd, msgspec.msgpack.encode(FlushAck(self.dropped)))
+                self.tell(flushed=True)
                 continue
             try:
-                records = [r for m in taken for t in m.traces
-                           for r in to_spans(t, s.stage_names, s.provider_types, self.new_id)]
-                export_batch(exporter, records, s.service_name)
+                export_batch(exporter, [t for m in taken for t in m.traces], s, self.new_id)
             except Exception:          # an exporter bug must not end tracing: count the batch as dropped
                 self.dropped += n
+                self.tell(flushed=False)
 
 
 def main() -> None:

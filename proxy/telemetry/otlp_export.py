@@ -13,7 +13,7 @@ import msgspec
 
 from proxy import __version__
 from proxy.telemetry.otlp_wire import WireEncoder
-from proxy.telemetry.trace_record import RequestTrace, SpanRecord
+from proxy.telemetry.trace_record import RequestTrace, SpanRecord, to_spans
 
 FLUSH = 0                       # Message.kind: answer once everything sent before is exported
 BATCH = 1                       # Message.kind: request traces to export
@@ -39,6 +39,7 @@ class Message(msgspec.Struct, array_like=True):
 
 class FlushAck(msgspec.Struct, array_like=True):
     dropped: int                 # spans dropped in this process so far
+    flushed: bool = True         # False: only news of drops (sent when a batch is dropped), not an answer
 
 
 def make_exporter(s: Any) -> Any:
@@ -93,23 +94,28 @@ def readable_spans(records: list[SpanRecord], service_name: str) -> list[Any]:
 _ENCODERS: dict[str, WireEncoder] = {}
 
 
-def encode_request(records: list[SpanRecord], service_name: str) -> bytes:
-    """The ExportTraceServiceRequest bytes the official encoder makes of `readable_spans(records)` (a test
-    holds them equal), written directly (otlp_wire.py)."""
+def wire_encoder(service_name: str) -> WireEncoder:
     enc = _ENCODERS.get(service_name)
     if enc is None:
         from opentelemetry.exporter.otlp.proto.common._internal import _encode_resource
 
         resource = _encode_resource(_resource(service_name)).SerializeToString(deterministic=True)
         enc = _ENCODERS[service_name] = WireEncoder(resource, "llm-service", __version__)
-    return enc.request(records)
+    return enc
 
 
-def export_batch(exporter: Any, records: list[SpanRecord], service_name: str) -> None:
-    """OTLP/HTTP: our request through the exporter's own HTTP client (retries, headers, compression,
+def encode_request(records: list[SpanRecord], service_name: str) -> bytes:
+    """The ExportTraceServiceRequest bytes the official encoder makes of `readable_spans(records)` (a test
+    holds them equal), written directly (otlp_wire.py)."""
+    return wire_encoder(service_name).request(records)
+
+
+def export_batch(exporter: Any, traces: list[RequestTrace], s: ExportSettings, new_id: Any) -> None:
+    """OTLP/HTTP: our request bytes through the exporter's own HTTP client (retries, headers, compression,
     timeout). Elsewhere (gRPC, or an exporter version without that client): the SDK's own path."""
     client: Any = getattr(exporter, "_client", None)
     if hasattr(client, "export") and type(exporter).__module__.startswith("opentelemetry.exporter.otlp.proto.http"):
-        client.export(encode_request(records, service_name))
+        client.export(wire_encoder(s.service_name).traces(traces, s.stage_names, s.provider_types, new_id))
     else:
-        exporter.export(readable_spans(records, service_name))
+        records = [r for t in traces for r in to_spans(t, s.stage_names, s.provider_types, new_id)]
+        exporter.export(readable_spans(records, s.service_name))

@@ -10,23 +10,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 
 import msgspec
 
 from proxy.childproc import frame, read_frame, spawn
 from proxy.telemetry.otlp_export import BATCH, FLUSH, ExportSettings, FlushAck, Message
-from proxy.telemetry.trace_record import RequestTrace
 
 log = logging.getLogger("proxy.telemetry")
 MAX_BUFFER = 8 * 1024 * 1024          # bytes waiting in the pipe transport before batches are dropped
 _ENCODE = msgspec.msgpack.Encoder().encode
+_MSG_HEAD = b"\x92" + _ENCODE(BATCH)                 # Message(kind=BATCH, traces=[...]) as a msgpack array
+
+
+def batch_message(traces: list[bytes]) -> bytes:
+    """The msgpack of Message(BATCH, traces) from traces already encoded one by one."""
+    n = len(traces)
+    head = bytes((0x90 | n,)) if n < 16 else (b"\xdc" + struct.pack(">H", n) if n < 65536
+                                                else b"\xdd" + struct.pack(">I", n))
+    return b"".join((_MSG_HEAD, head, *traces))
 
 
 class ExportProcess:
     def __init__(self, settings: ExportSettings) -> None:
         self.settings = settings
         self.dropped_here = 0                            # spans dropped on this side (the pipe was full)
-        self.dropped_there = 0                           # ... in the child (its backlog was full), as of its last answer
+        self.dropped_there = 0                           # ... in the child (its backlog was full), as it last told
         self._proc: asyncio.subprocess.Process | None = None
         self._stdin: asyncio.StreamWriter | None = None
         self._acks: asyncio.Queue[FlushAck] | None = None
@@ -65,16 +74,19 @@ class ExportProcess:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
                 ack = decode(await read_frame(stdout))
-                assert self._acks is not None
-                self._acks.put_nowait(ack)
+                self.dropped_there = ack.dropped
+                if ack.flushed:
+                    assert self._acks is not None
+                    self._acks.put_nowait(ack)
         self._stdin = None                               # the child is gone: nothing more can be exported
 
-    def send(self, batch: list[RequestTrace]) -> None:
+    def send(self, traces: list[bytes], spans: int) -> None:
+        """`traces`: msgpack-encoded RequestTraces; `spans`: how many spans they hold (counted if dropped)."""
         w = self._stdin
         if w is None or self._closed or w.is_closing() or w.transport.get_write_buffer_size() > MAX_BUFFER:
-            self.dropped_here += sum(1 + len(t.attempts) + len(t.marks) // 2 for t in batch)
+            self.dropped_here += spans
             return
-        w.write(frame(_ENCODE(Message(BATCH, batch))))
+        w.write(frame(batch_message(traces)))
 
     async def flush(self, within: float = 10.0) -> bool:
         """True once the child has exported everything sent before this call."""
@@ -84,10 +96,9 @@ class ExportProcess:
         async with self._lock:
             w.write(frame(_ENCODE(Message(FLUSH))))
             try:
-                ack = await asyncio.wait_for(acks.get(), within)
+                await asyncio.wait_for(acks.get(), within)
             except TimeoutError:
                 return False
-            self.dropped_there = ack.dropped
             return True
 
     async def close(self, within: float = 5.0) -> None:

@@ -12,7 +12,20 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from proxy.telemetry.trace_record import SpanRecord
+from proxy.telemetry.trace_record import (
+    KIND_INTERNAL,
+    RequestTrace,
+    SpanRecord,
+    attempt_key,
+    attempt_span,
+    attempt_static,
+    request_key,
+    request_span,
+    request_static,
+    stage_common,
+    stage_intervals,
+    stage_span,
+)
 
 _Q, _D, _I = struct.Struct("<Q").pack, struct.Struct("<d").pack, struct.Struct("<I").pack
 _BE = struct.Struct(">Q").pack                       # span ids: 8 bytes, big-endian
@@ -75,6 +88,8 @@ class WireEncoder:
         self.scope = _ld(b"\x0a", _ld(b"\x0a", scope_name.encode()) + _ld(b"\x12", scope_version.encode()))
         self._attrs: dict[tuple[str, type, Any], bytes] = {}
         self._names: dict[str, bytes] = {}
+        self._heads: dict[tuple[str, ...], list[bytes]] = {}
+        self._statics: dict[tuple[Any, ...], bytes] = {}
 
     def _attribute(self, k: str, v: Any) -> bytes:
         """Span.attributes (field 9) entry; memoised for values that repeat across requests."""
@@ -97,7 +112,8 @@ class WireEncoder:
             out = self._names[name] = _ld(b"\x2a", name.encode()) if name else b""
         return out
 
-    def span(self, r: SpanRecord, trace_id: bytes) -> bytes:
+    def span(self, r: SpanRecord, trace_id: bytes, encoded: bytes = b"") -> bytes:
+        """One Span message. `encoded`: attribute fields already encoded, placed before r.attributes'."""
         head = b"\x0a\x10" + trace_id + b"\x12\x08" + _BE(r.span_id)
         if r.trace_state:
             head += _ld(b"\x1a", r.trace_state.encode())
@@ -110,9 +126,9 @@ class WireEncoder:
         times = _TIMES(0x39, r.start_ns, 0x41, r.end_ns) if r.start_ns and r.end_ns else (
             (b"\x39" + _Q(r.start_ns) if r.start_ns else b"") + (b"\x41" + _Q(r.end_ns) if r.end_ns else b""))
         flags = _FLAGS_REMOTE if r.remote_parent else _FLAGS_LOCAL
-        if not r.attributes and not r.status:               # a stage span: the common case, no lists
+        if not r.attributes and not r.status and not encoded:     # a plain span: no lists
             return b"".join((head, name, kind, times, b"\x7a\x00", flags))
-        parts = [head, name, kind, times]
+        parts = [head, name, kind, times, encoded]
         if r.attributes:
             memo, attr = self._attrs, self._attribute
             for k, v in r.attributes.items():
@@ -139,3 +155,52 @@ class WireEncoder:
             spans.append(b"\x12" + varint(len(body)) + body)
         scope_spans = _ld(b"\x12", self.scope + b"".join(spans))
         return _ld(b"\x0a", self.resource + scope_spans)
+
+    def traces(self, traces: list[RequestTrace], stage_names: list[str], provider_types: dict[str, str],
+               new_id: Any) -> bytes:
+        """The request of `to_spans` of each trace, the same bytes (a test holds them equal), without
+        building a SpanRecord for a stage span: those (most spans) are a template and two timestamps."""
+        spans: list[bytes] = []
+        add, span = spans.append, self.span
+        stage_heads = self._stage_heads(stage_names)
+        for t in traces:
+            tid = bytes.fromhex(t.trace_id)
+            body = span(request_span(t, provider_types, static=False), tid,
+                        self._static(request_key(t), request_static, t, provider_types))
+            add(b"\x12" + varint(len(body)) + body)
+            pre = b"\x0a\x10" + tid + b"\x12\x08"
+            mid = ((_ld(b"\x1a", t.trace_state.encode()) if t.trace_state else b"") + b"\x22\x08" + _BE(t.span_id))
+            common: dict[str, Any] | None = None
+            err = t.stage_error[0] if t.stage_error is not None else -1
+            for k, start, end in stage_intervals(t):
+                if k == err or not (start and end) or not 0 <= k < len(stage_heads):
+                    common = common or stage_common(t)
+                    body = span(stage_span(t, k, start, end, stage_names, common, new_id), tid)
+                else:
+                    body = b"".join((pre, _BE(new_id()), mid, stage_heads[k], _TIMES(0x39, start, 0x41, end),
+                                     b"\x7a\x00", _FLAGS_LOCAL))
+                add(b"\x12" + varint(len(body)) + body)
+            for a in t.attempts:
+                body = span(attempt_span(t, a, provider_types, static=False), tid,
+                            self._static(attempt_key(t, a), attempt_static, t, a, provider_types))
+                add(b"\x12" + varint(len(body)) + body)
+        scope_spans = _ld(b"\x12", self.scope + b"".join(spans))
+        return _ld(b"\x0a", self.resource + scope_spans)
+
+    def _static(self, key: tuple[Any, ...], attrs: Any, *args: Any) -> bytes:
+        """The encoded attribute fields that `attrs(*args)` gives for `key`, encoded once per key."""
+        out = self._statics.get(key)
+        if out is None:
+            if len(self._statics) >= _MEMO_LIMIT:
+                self._statics.clear()
+            attribute = self._attribute
+            out = self._statics[key] = b"".join(attribute(k, v) for k, v in attrs(*args).items())
+        return out
+
+    def _stage_heads(self, names: list[str]) -> list[bytes]:
+        """Per stage: its name and kind fields (a stage span's only fixed part after the ids)."""
+        key = tuple(names)
+        heads = self._heads.get(key)
+        if heads is None:
+            heads = self._heads[key] = [self._name(n) + _KINDS[KIND_INTERNAL] for n in names]
+        return heads

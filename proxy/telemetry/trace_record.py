@@ -40,7 +40,7 @@ class SpanRecord(msgspec.Struct, array_like=True, kw_only=True):
     trace_state: str = ""
 
 
-class AttemptTrace(msgspec.Struct, array_like=True):
+class AttemptTrace(msgspec.Struct, array_like=True, gc=False):
     span_id: int                # sent upstream in traceparent
     start_ns: int
     provider: str
@@ -85,28 +85,38 @@ class RequestTrace(msgspec.Struct, array_like=True):
     output_messages: str | None = None
 
 
-def to_spans(t: RequestTrace, stage_names: list[str], provider_types: dict[str, str],
-             new_id: Any) -> list[SpanRecord]:
-    """The request span, one span per stage it passed, one per attempt. `new_id()`: a random span id."""
-    out = [_request_span(t, provider_types)]
-    common = {"kind": KIND_INTERNAL, "trace_id": t.trace_id, "parent_id": t.span_id, "trace_state": t.trace_state}
+def stage_intervals(t: RequestTrace) -> list[tuple[int, int, int]]:
+    """(stage, start, end) of every stage span, from the marks: a stage ends when the next stage or the
+    router is entered, or when it ended without handing on; one still open ends with the request."""
+    out: list[tuple[int, int, int]] = []
     marks = t.marks
     open_stage, opened = -1, 0
     for i in range(0, len(marks) - 1, 2):
         code, at = marks[i], marks[i + 1]
-        if open_stage >= 0:                         # entered the next stage, the router, or ended itself
-            out.append(_stage_span(t, open_stage, opened, at, stage_names, common, new_id))
+        if open_stage >= 0:
+            out.append((open_stage, opened, at))
             open_stage = -1
         if code >= 0 and code % 2 == 0:
             open_stage, opened = code // 2, at
     if open_stage >= 0:
-        out.append(_stage_span(t, open_stage, opened, t.end_ns, stage_names, common, new_id))
-    for a in t.attempts:
-        out.append(_attempt_span(t, a, provider_types))
+        out.append((open_stage, opened, t.end_ns))
     return out
 
 
-def _stage_span(t: RequestTrace, k: int, start: int, end: int, names: list[str], common: dict[str, Any],
+def to_spans(t: RequestTrace, stage_names: list[str], provider_types: dict[str, str],
+             new_id: Any) -> list[SpanRecord]:
+    """The request span, one span per stage it passed, one per attempt. `new_id()`: a random span id."""
+    common = stage_common(t)
+    return [request_span(t, provider_types),
+            *(stage_span(t, k, start, end, stage_names, common, new_id) for k, start, end in stage_intervals(t)),
+            *(attempt_span(t, a, provider_types) for a in t.attempts)]
+
+
+def stage_common(t: RequestTrace) -> dict[str, Any]:
+    return {"kind": KIND_INTERNAL, "trace_id": t.trace_id, "parent_id": t.span_id, "trace_state": t.trace_state}
+
+
+def stage_span(t: RequestTrace, k: int, start: int, end: int, names: list[str], common: dict[str, Any],
                 new_id: Any) -> SpanRecord:
     span = SpanRecord(name=names[k] if 0 <= k < len(names) else f"pipeline.{k}", span_id=new_id(),
                       start_ns=start, end_ns=end, **common)
@@ -116,57 +126,85 @@ def _stage_span(t: RequestTrace, k: int, start: int, end: int, names: list[str],
     return span
 
 
-def _request_span(t: RequestTrace, provider_types: dict[str, str]) -> SpanRecord:
+def request_key(t: RequestTrace) -> tuple[Any, ...]:
+    """What the request span's repeating attributes are made of (the exporter encodes them once)."""
+    return (t.op, t.model, t.ingress, tuple(t.request_attrs.items()), t.n_attempts, t.provider, t.response_model,
+            tuple(t.finish_reasons), t.cache, t.key_id, t.status, t.error)
+
+
+def request_static(t: RequestTrace, provider_types: dict[str, str]) -> dict[str, Any]:
+    """The attributes that repeat across requests (same model, provider, status, ...)."""
     attrs: dict[str, Any] = {"gen_ai.operation.name": t.op, "gen_ai.request.model": t.model,
-                             "llm_service.request_id": t.request_id, "llm_service.ingress": t.ingress,
-                             **t.request_attrs}
-    if t.input_messages is not None:
-        attrs["gen_ai.input.messages"] = t.input_messages
-    attrs["llm_service.attempts"] = t.n_attempts
+                             "llm_service.ingress": t.ingress, **t.request_attrs,
+                             "llm_service.attempts": t.n_attempts}
     if t.provider:
         attrs["gen_ai.provider.name"] = provider_name(provider_types.get(t.provider, t.provider))
         attrs["llm_service.provider"] = t.provider
     if t.response_model:
         attrs["gen_ai.response.model"] = t.response_model
-    if t.usage is not None:
-        attrs["gen_ai.usage.input_tokens"], attrs["gen_ai.usage.output_tokens"] = t.usage[0], t.usage[1]
-        if t.usage[2]:
-            attrs["gen_ai.usage.cache_read.input_tokens"] = t.usage[2]
     if t.finish_reasons:
         attrs["gen_ai.response.finish_reasons"] = list(t.finish_reasons)
-    if t.ttft is not None:
-        attrs["gen_ai.response.time_to_first_chunk"] = t.ttft
-    if t.cost is not None:
-        attrs["llm_service.cost_usd"] = t.cost
     if t.cache is not None:
         attrs["llm_service.cache"] = t.cache
     if t.key_id is not None:
         attrs["llm_service.key_id"] = t.key_id
+    attrs["http.response.status_code"] = t.status
+    if t.error:
+        attrs["error.type"] = t.error
+    return attrs
+
+
+def request_dynamic(t: RequestTrace) -> dict[str, Any]:
+    """The attributes of this request alone: its id, tokens, timing, cost, content."""
+    attrs: dict[str, Any] = {"llm_service.request_id": t.request_id}
+    if t.usage is not None:
+        attrs["gen_ai.usage.input_tokens"], attrs["gen_ai.usage.output_tokens"] = t.usage[0], t.usage[1]
+        if t.usage[2]:
+            attrs["gen_ai.usage.cache_read.input_tokens"] = t.usage[2]
+    if t.ttft is not None:
+        attrs["gen_ai.response.time_to_first_chunk"] = t.ttft
+    if t.cost is not None:
+        attrs["llm_service.cost_usd"] = t.cost
+    if t.input_messages is not None:
+        attrs["gen_ai.input.messages"] = t.input_messages
     if t.output_messages:
         attrs["gen_ai.output.messages"] = t.output_messages
-    attrs["http.response.status_code"] = t.status
+    return attrs
+
+
+def request_span(t: RequestTrace, provider_types: dict[str, str], static: bool = True) -> SpanRecord:
+    """`static=False`: without the repeating attributes (the exporter adds them already encoded)."""
+    attrs = {**request_static(t, provider_types), **request_dynamic(t)} if static else request_dynamic(t)
     span = SpanRecord(name=f"{t.op} {t.model}", kind=KIND_SERVER, trace_id=t.trace_id, span_id=t.span_id,
                       parent_id=t.parent_id, start_ns=t.start_ns, end_ns=t.end_ns, attributes=attrs,
                       remote_parent=t.remote_parent, trace_state=t.trace_state)
-    if t.error:
-        attrs["error.type"] = t.error
     if t.message:
         span.status, span.message = STATUS_ERROR, t.message
     return span
 
 
-def _attempt_span(t: RequestTrace, a: AttemptTrace, provider_types: dict[str, str]) -> SpanRecord:
+def attempt_key(t: RequestTrace, a: AttemptTrace) -> tuple[Any, ...]:
+    return (t.op, a.model, a.provider, a.number, a.error)
+
+
+def attempt_static(t: RequestTrace, a: AttemptTrace, provider_types: dict[str, str]) -> dict[str, Any]:
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": t.op, "gen_ai.request.model": a.model, "llm_service.provider": a.provider,
         "gen_ai.provider.name": provider_name(provider_types.get(a.provider, a.provider)),
         "llm_service.attempt": a.number}
-    span = SpanRecord(name=f"{t.op} {a.model}", kind=KIND_CLIENT, trace_id=t.trace_id, span_id=a.span_id,
-                      parent_id=t.span_id, start_ns=a.start_ns, end_ns=a.end_ns or t.end_ns,
-                      attributes=attrs, trace_state=t.trace_state)
     if a.error:
         attrs["error.type"] = a.error
-        span.status, span.message = STATUS_ERROR, a.message or a.error
+    return attrs
+
+
+def attempt_span(t: RequestTrace, a: AttemptTrace, provider_types: dict[str, str], static: bool = True) -> SpanRecord:
+    attrs = attempt_static(t, a, provider_types) if static else {}
     if a.input_tokens >= 0:
         attrs["gen_ai.usage.input_tokens"] = a.input_tokens
         attrs["gen_ai.usage.output_tokens"] = a.output_tokens
+    span = SpanRecord(name=f"{t.op} {a.model}", kind=KIND_CLIENT, trace_id=t.trace_id, span_id=a.span_id,
+                      parent_id=t.span_id, start_ns=a.start_ns, end_ns=a.end_ns or t.end_ns,
+                      attributes=attrs or None, trace_state=t.trace_state)
+    if a.error:
+        span.status, span.message = STATUS_ERROR, a.message or a.error
     return span

@@ -14,15 +14,16 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from random import getrandbits
 from typing import Any
 
+import msgspec
 import orjson
 
 from proxy.context import ChatCall, Reply
 from proxy.errors import ProxyError
-from proxy.pipeline import Handler, Stage
+from proxy.pipeline import Check, Handler, Stage
 from proxy.telemetry import facts
 from proxy.telemetry.otlp_export import ExportSettings, make_exporter
 from proxy.telemetry.otlp_process import ExportProcess
@@ -34,13 +35,14 @@ TAP = "relay_tap"                # call.extras: the relay appends the client-bou
 CONTENT_LIMIT = 64 * 1024        # bytes of prompt / completion kept on a span when record_content is on
 BATCH = 256                      # requests per hand-off to the exporter process (~2000 spans)
 DELAY = 0.5                      # seconds a finished request may wait for its batch
+_ENCODE = msgspec.msgpack.Encoder().encode
 _REQUEST_ATTRS = (("max_tokens", "gen_ai.request.max_tokens"), ("temperature", "gen_ai.request.temperature"),
                   ("top_p", "gen_ai.request.top_p"))
 
 __all__ = ["Tracing", "TracingSettings", "make_exporter", "parse_traceparent", "resolve"]
 
 
-def stage_name(stage: Stage) -> str:
+def stage_name(stage: object) -> str:
     name = getattr(stage, "name", None)
     if isinstance(name, str) and name:
         return name
@@ -69,7 +71,8 @@ class Tracing:
             max_queue_size=settings.max_queue_size, provider_types=dict(provider_types or {}),
             stage_names=self.stage_names))
         self.record_content = settings.record_content
-        self._buffer: list[RequestTrace] = []
+        self._buffer: list[bytes] = []        # finished traces, msgpack-encoded at once (no live objects)
+        self._spans = 0                        # spans in the buffer
         self._timer: asyncio.TimerHandle | None = None
 
     @property
@@ -80,7 +83,8 @@ class Tracing:
 
     def _finish(self, t: RequestTrace) -> None:
         buf = self._buffer
-        buf.append(t)
+        buf.append(_ENCODE(t))
+        self._spans += 1 + len(t.attempts) + len(t.marks) // 2
         if len(buf) >= BATCH:
             self._hand_off()
         elif self._timer is None:
@@ -90,9 +94,9 @@ class Tracing:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch, self._buffer = self._buffer, []
+        batch, spans, self._buffer, self._spans = self._buffer, self._spans, [], 0
         if batch:
-            self.exporter.send(batch)
+            self.exporter.send(batch, spans)
 
     async def start(self) -> None:
         """Start the exporter process (app startup), so the first requests do not pay for it."""
@@ -171,10 +175,12 @@ class Tracing:
             if aclose is not None:
                 await aclose()
 
-    def end_request(self, call: ChatCall) -> None:
+    def end_request(self, call: ChatCall, o: facts.Outcome | None = None) -> None:
         t: RequestTrace | None = call.extras.pop(SPAN, None)
         if t is None:
             return
+        if o is None:
+            o = facts.outcome(call)
         extras = call.extras
         tap: list[bytes] | None = extras.get(TAP)
         if tap and "otel.finish" not in extras:      # a relayed stream: scan what went out, once
@@ -186,54 +192,90 @@ class Tracing:
                 extras["otel.output"] = _stream_output(raw[:4 * CONTENT_LIMIT])
         t.end_ns = time.time_ns()
         t.op, t.model = facts.operation(call), call.model
-        status = t.status = facts.status(call)
+        status = t.status = o.status
         if status >= 400 or call.error:
-            t.error = facts.error_code(call) or str(status)
+            t.error = o.error_code or str(status)
             if status >= 500 or call.error:
                 t.message = call.error or str(status)
         t.n_attempts = call.attempts
-        t.provider = facts.provider_of(call)
-        t.response_model = extras.get("otel.model") or facts.upstream_model(call)
+        t.provider = o.provider
+        t.response_model = extras.get("otel.model") or o.upstream_model
         u = call.usage
         if u is not None:
             t.usage = (u.prompt_tokens, u.completion_tokens, u.cached_tokens)
         t.finish_reasons = facts.finish_reasons(call) or extras.get("otel.finish") or []
-        t.ttft = facts.ttft_seconds(call)
-        t.cost, t.cache, t.key_id = facts.cost(call), facts.cache_status(call), facts.key_id(call)
+        t.ttft, t.cost, t.cache, t.key_id = o.ttft, o.cost, o.cache, o.key_id
         t.output_messages = extras.pop("otel.output", None)
         self._finish(t)
 
     # -- stage and attempt spans -----------------------------------------------------------------------
 
-    def bind_stage(self, stage: Stage, nxt: Handler) -> Handler:
-        """compose()'s binder when tracing is on: marks when the stage is entered, and when it ends
-        without handing on (answered or raised), so a stage's span shows its own time only."""
-        k = len(self.stage_names)
+    def _stage(self, stage: object) -> int:
+        """The stage's number in the marks (binding order) and its span name."""
         self.stage_names.append("pipeline." + stage_name(stage))
-        enter, ended = 2 * k, 2 * k + 1
-        if k == 0:                        # the innermost stage: its next is the router
-            nxt = _marking_router(nxt)
+        return len(self.stage_names) - 1
 
-        async def run(call: ChatCall) -> Reply:
+    def bind_stage(self, stage: Stage, nxt: Handler) -> Handler:
+        """compose()'s binder when tracing is on: a mark when the stage is entered, then the stage itself
+        (no wrapper frame). Its span ends when the next stage or the router is entered, or, if it
+        answered or raised itself, when the pipeline returned (that includes the stages above unwinding)."""
+        enter = 2 * self._stage(stage)
+
+        def entered(call: ChatCall) -> Awaitable[Reply]:
+            t: RequestTrace | None = call.extras.get(SPAN)
+            if t is not None:
+                t.marks += (enter, time.time_ns())
+            return stage(call, next=nxt)
+
+        return entered
+
+    def bind_checks(self, checks: Sequence[Check], nxt: Handler) -> Handler:
+        """compose()'s binder for consecutive checks: each gets its span, the one that raised its error."""
+        numbered = tuple((2 * self._stage(c), c.check) for c in checks)
+
+        async def checked(call: ChatCall) -> Reply:
             t: RequestTrace | None = call.extras.get(SPAN)
             if t is None:
-                return await stage(call, nxt)
+                for _, fn in numbered:
+                    pending = fn(call)
+                    if pending is not None:
+                        await pending
+                return await nxt(call)
             marks = t.marks
-            marks += (enter, time.time_ns())
-            try:
-                reply = await stage(call, nxt)
-            except BaseException as e:
-                if marks[-2] == enter:                    # raised here, not in a stage after it
-                    marks += (ended, time.time_ns())
+            for enter, fn in numbered:
+                marks += (enter, time.time_ns())
+                try:
+                    pending = fn(call)
+                    if pending is not None:
+                        await pending
+                except BaseException as e:
+                    marks += (enter + 1, time.time_ns())
                     code, message = error_of(e)
-                    t.stage_error = (k, code, message)
-                raise
-            if marks[-2] == enter:                        # answered without handing on (a cache hit)
-                marks += (ended, time.time_ns())
-            return reply
+                    t.stage_error = (enter // 2, code, message)
+                    raise
+            return await nxt(call)
 
-        run.__qualname__ = f"{type(stage).__name__}.traced"
-        return run
+        return checked
+
+    def mark_router(self, router: Handler) -> Handler:
+        def enter_router(call: ChatCall) -> Awaitable[Reply]:
+            t: RequestTrace | None = call.extras.get(SPAN)
+            if t is not None:
+                t.marks += (ROUTER, time.time_ns())
+            return router(call)
+        return enter_router
+
+    def pipeline_done(self, call: ChatCall, exc: BaseException | None) -> None:
+        """Ends a stage that answered or raised itself (no later stage or router was entered)."""
+        t: RequestTrace | None = call.extras.get(SPAN)
+        if t is None or not t.marks:
+            return
+        last = t.marks[-2]
+        if last >= 0 and last % 2 == 0:                 # a stage entered and nothing after it
+            t.marks += (last + 1, time.time_ns())
+            if exc is not None and t.stage_error is None:
+                code, message = error_of(exc)
+                t.stage_error = (last // 2, code, message)
 
     def start_attempt(self, call: ChatCall, provider: str, model: str) -> AttemptTrace | None:
         t: RequestTrace | None = call.extras.get(SPAN)
@@ -274,15 +316,6 @@ class Tracing:
         """Hand off the last batch; the exporter process exports it and exits."""
         self._hand_off()
         await self.exporter.close()
-
-
-def _marking_router(router: Handler) -> Handler:
-    async def enter_router(call: ChatCall) -> Reply:
-        t: RequestTrace | None = call.extras.get(SPAN)
-        if t is not None:
-            t.marks += (ROUTER, time.time_ns())
-        return await router(call)
-    return enter_router
 
 
 def _end_streamed_attempt(a: AttemptTrace, call: ChatCall) -> None:
