@@ -83,10 +83,24 @@ class ChatCall:
     response_headers: dict[str, str] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)     # per-stage scratch space
     _finalizers: list[Callable[[ChatCall], Awaitable[None] | None]] = field(default_factory=list)
+    _reply_hooks: list[Callable[[ChatCall, Reply], None]] | None = None
 
     def on_finish(self, fn: Callable[[ChatCall], Awaitable[None] | None]) -> None:
         """Run `fn` after the last byte went out (or the client left): accounting, settling reservations."""
         self._finalizers.append(fn)
+
+    def on_reply(self, fn: Callable[[ChatCall, Reply], None]) -> None:
+        """For a check: run `fn` when the reply is ready, before it is written (e.g. to add headers)."""
+        if self._reply_hooks is None:
+            self._reply_hooks = []
+        self._reply_hooks.append(fn)
+
+    def replied(self, reply: Reply) -> Reply:
+        hooks = self._reply_hooks
+        if hooks:
+            for fn in reversed(hooks):
+                fn(self, reply)
+        return reply
 
     async def finish(self) -> None:
         fns, self._finalizers = self._finalizers, []

@@ -5,7 +5,8 @@ A stage that rejects a call raises a ProxyError before the call goes on, so noth
 charged. Two kinds:
 
 - a `Check` acts only before the call goes on (authenticate, validate, take a rate-limit slot, reserve
-  budget); what it must do afterwards it registers with `call.on_finish`;
+  budget); what it must do afterwards it registers with `call.on_reply` (the reply is ready) or
+  `call.on_finish` (its last byte went out);
 - a `Stage` wraps the rest, `async (call, next) -> Reply`, when it needs the reply (price it, store it).
 
 Why two: every coroutine frame still on the stack is resumed again at each I/O wait while the provider
@@ -73,6 +74,6 @@ def run_checks(checks: Sequence[Check], nxt: Handler) -> Handler:
             pending = fn(call)
             if pending is not None:
                 await pending
-        return await nxt(call)
+        return call.replied(await nxt(call))
 
     return checked

@@ -20,7 +20,6 @@ from proxy.cost.accounting import Accounting
 from proxy.cost.periods import utc_day
 from proxy.cost.prices import usd_text
 from proxy.cost.tokens import reply_text, streamed_text
-from proxy.pipeline import Handler
 from proxy.pipeline.budget import budget_id_of, source_of, team_of
 from proxy.store.usage import UsageEvent
 
@@ -36,13 +35,19 @@ def _missing(u: Usage | None) -> bool:
 class CostStage:
     def __init__(self, acct: Accounting) -> None:
         self.acct = acct
-        self._record_fn = self._record          # one bound method, not one per call
+        self._record_fn = self._record          # one bound method each, not one per call
+        self._priced_fn = self._priced
 
-    async def __call__(self, call: ChatCall, next: Handler) -> Reply:
+    def check(self, call: ChatCall) -> None:
+        """Before the cache, so a hit is recorded too; the work is all after the reply."""
         if call.stream:
             call.extras[TAP] = []
+        else:
+            call.on_reply(self._priced_fn)
         call.on_finish(self._record_fn)
-        reply = await next(call)
+
+    def _priced(self, call: ChatCall, reply: Reply) -> None:
+        """A whole answer carries its tokens and cost in headers (a stream's are known only at its end)."""
         if reply.chunks is None:
             call.extras["reply_body"] = reply.body
             u = call.usage
@@ -54,7 +59,6 @@ class CostStage:
                 h["x-llm-completion-tokens"] = str(u.completion_tokens)
                 if cost is not None:
                     h["x-llm-cost"] = usd_text(cost)
-        return reply
 
     def _price(self, call: ChatCall, usage: Usage | None) -> tuple[int | None, int]:
         """(cost, saved) in nano-dollars. A cache hit costs 0 and saves what the call would have cost."""

@@ -19,7 +19,7 @@ from proxy.store import Ledger
 log = logging.getLogger("proxy.usage")
 
 
-class UsageEvent(msgspec.Struct, kw_only=True, gc=False):
+class UsageEvent(msgspec.Struct, kw_only=True, gc=False, array_like=True):
     """The seed's Usage Event Schema, flattened into columns, plus what operations need."""
 
     request_id: str

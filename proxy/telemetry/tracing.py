@@ -240,7 +240,7 @@ class Tracing:
                     pending = fn(call)
                     if pending is not None:
                         await pending
-                return await nxt(call)
+                return call.replied(await nxt(call))
             marks = t.marks
             for enter, fn in numbered:
                 marks += (enter, time.time_ns())
@@ -253,7 +253,7 @@ class Tracing:
                     code, message = error_of(e)
                     t.stage_error = (enter // 2, code, message)
                     raise
-            return await nxt(call)
+            return call.replied(await nxt(call))
 
         return checked
 
