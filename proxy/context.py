@@ -38,14 +38,14 @@ def usage_from_openai(u: dict | None) -> Usage | None:
     details = u.get("prompt_tokens_details") or {}
     prompt = int(u.get("prompt_tokens") or 0)
     completion = int(u.get("completion_tokens") or 0)
-    return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=int(u.get("total_tokens") or prompt + completion),
-        cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+    return Usage(                         # positional: prompt, completion, total, cached, cache write
+        prompt,
+        completion,
+        int(u.get("total_tokens") or prompt + completion),
+        int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
         # top level (ours), or inside prompt_tokens_details (OpenRouter's usage accounting)
-        cache_write_tokens=int(u.get("cache_write_tokens") or (details.get("cache_write_tokens") if
-                                                               isinstance(details, dict) else 0) or 0),
+        int(u.get("cache_write_tokens") or (details.get("cache_write_tokens") if
+                                            isinstance(details, dict) else 0) or 0),
     )
 
 

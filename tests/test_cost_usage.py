@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 
 import aiohttp
 import openai
@@ -140,3 +141,27 @@ accounting: {{flush_interval: 30, batch_size: 100000}}
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT COUNT(*), COUNT(DISTINCT request_id), SUM(cost_nanos) FROM usage_events").fetchone()
     assert rows[0] == n and rows[1] == n and rows[2] > 0
+
+
+def test_the_usage_event_gets_every_field_from_its_own_source():
+    """_event builds the row positionally (cheap); each field must still land in its own column."""
+    from proxy.config import Target
+    from proxy.context import ChatCall, Usage
+    from proxy.pipeline.auth import Principal
+    from proxy.pipeline.cost import CostStage
+
+    call = ChatCall(body={"model": "m", "options": {"batch_id": "batch-1", "async": True},
+                          "metadata": {"budget_id": "b-body"}}, model="alias", stream=True, endpoint="embeddings")
+    call.key = Principal(id="key_1", source_id="src-9", source_type="service", metadata={"team": "blue"})
+    call.target = Target(provider="prov", model="up-model")
+    call.extras.update(cached=True, budget_id="b-1")
+    call.first_byte_at = call.started + 0.25
+    u = Usage(prompt_tokens=11, completion_tokens=7, cached_tokens=3, estimated=True)
+    e = CostStage.__new__(CostStage)._event(call, u, 1234, 567, 0, "boom")
+    assert (e.request_id, e.day, e.source_type, e.source_id, e.team) == (call.request_id, e.day, "service", "src-9", "blue")
+    assert len(e.day) == 10 and abs(e.ts - time.time()) < 5
+    assert (e.request_type, e.model, e.provider, e.upstream_model, e.key_id, e.budget_id) == (
+        "embeddings", "alias", "prov", "up-model", "key_1", "b-1")
+    assert (e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.cost_nanos, e.saved_nanos) == (11, 7, 3, 1234, 567)
+    assert (e.is_async, e.cached, e.batch_id, e.stream, e.status, e.error) == (True, True, "batch-1", True, 500, "boom")
+    assert e.latency_ms >= 0 and e.ttft_ms == 250.0 and e.estimated is True and e.id is None

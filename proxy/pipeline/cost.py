@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Any
 
 from proxy.context import ChatCall, Reply, Usage
 from proxy.cost.accounting import Accounting
@@ -116,24 +115,22 @@ class CostStage:
     def _event(self, call: ChatCall, usage: Usage | None, cost: int | None, saved: int, status: int,
                error: str | None) -> UsageEvent:
         now = time.time()
-        mono = time.monotonic()
+        body, extras, target = call.body, call.extras, call.target
         stype, sid = source_of(call)
-        raw_opts, raw_md = call.body.get("options"), call.body.get("metadata")
-        opts: dict[str, Any] = raw_opts if isinstance(raw_opts, dict) else {}
-        md: dict[str, Any] = raw_md if isinstance(raw_md, dict) else {}
-        batch = opts.get("batch_id") or md.get("batch_id") or call.extras.get("batch_id")
-        target = call.target
-        u = usage or Usage()
-        return UsageEvent(
-            request_id=call.request_id, ts=now, day=utc_day(now),
-            source_type=stype, source_id=sid, team=team_of(call), request_type=call.endpoint, model=call.model,
-            provider=target.provider if target is not None else None,
-            upstream_model=target.model if target is not None else None,
-            key_id=getattr(call.key, "id", None), budget_id=call.extras.get("budget_id") or budget_id_of(call),
-            prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, cached_tokens=u.cached_tokens,
-            cost_nanos=cost, saved_nanos=saved,
-            is_async=bool(opts.get("async") or call.ingress == "batch"), cached=bool(call.extras.get("cached")),
-            batch_id=batch if isinstance(batch, str) else None, stream=call.stream,
-            status=status or 500, error=error, latency_ms=round((mono - call.started) * 1000, 3),
-            ttft_ms=round((call.first_byte_at - call.started) * 1000, 3) if call.first_byte_at else None,
-            estimated=u.estimated)
+        opts, md = body.get("options"), body.get("metadata")
+        batch = ((opts.get("batch_id") if isinstance(opts, dict) else None)
+                 or (md.get("batch_id") if isinstance(md, dict) else None) or extras.get("batch_id"))
+        u = usage or _NO_USAGE
+        started, first = call.started, call.first_byte_at
+        return UsageEvent(                    # positional, in field order (see UsageEvent)
+            call.request_id, now, utc_day(now), stype, sid, team_of(call), call.endpoint, call.model,
+            target.provider if target is not None else None, target.model if target is not None else None,
+            getattr(call.key, "id", None), extras.get("budget_id") or budget_id_of(call),
+            u.prompt_tokens, u.completion_tokens, u.cached_tokens, cost, saved,
+            call.ingress == "batch" or (isinstance(opts, dict) and bool(opts.get("async"))),
+            bool(extras.get("cached")), batch if isinstance(batch, str) else None, call.stream, status or 500, error,
+            round((time.monotonic() - started) * 1000, 3),
+            round((first - started) * 1000, 3) if first else None, u.estimated)
+
+
+_NO_USAGE = Usage()

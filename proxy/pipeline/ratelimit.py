@@ -103,20 +103,22 @@ class RateLimitStage:
     def key_level(self, key: Any) -> Level | None:
         if key is None:
             return None
-        if getattr(key, "is_master", False):
-            sig: tuple = ("master",)
+        master = getattr(key, "is_master", False)
+        sig: tuple = ("master",) if master else (key.id, key.rpm, key.tpm, key.max_concurrency)
+        lv = self._key_levels.get(sig)
+        if lv is not None or sig in self._key_levels:
+            return lv
+        if master:
             rule: LimitRule | None = self.cfg.master
         else:
             d = self.cfg.keys
-            sig = (key.id, key.rpm, key.tpm, key.max_concurrency)
             rule = LimitRule(rpm=key.rpm or d.rpm, tpm=key.tpm or d.tpm,
                              max_concurrency=key.max_concurrency or d.max_concurrency,
                              priority_reserve=d.priority_reserve, failure=d.failure)
-        if sig not in self._key_levels:
-            if len(self._key_levels) > 100_000:
-                self._key_levels.clear()
-            self._key_levels[sig] = level(f"key:{key.id}", f"k:{key.id}", rule)
-        return self._key_levels[sig]
+        if len(self._key_levels) > 100_000:
+            self._key_levels.clear()
+        lv = self._key_levels[sig] = level(f"key:{key.id}", f"k:{key.id}", rule)
+        return lv
 
     def source_level(self, source: str | None) -> Level | None:
         if not source:

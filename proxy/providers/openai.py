@@ -70,8 +70,16 @@ class OpenAIProvider:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise UpstreamError(f"provider '{self.config.name}' sent a body that is not JSON") from None
-        usage = usage_from_openai(data.get("usage") if isinstance(data, dict) else None) or Usage(estimated=True)
-        return body, usage
+        if not isinstance(data, dict):
+            return body, Usage(estimated=True)
+        choices = data.get("choices")
+        if isinstance(choices, list):             # for traces: read here, where the body is parsed anyway
+            call.extras["finish_reasons"] = [r for c in choices if isinstance(c, dict)
+                                             and isinstance(r := c.get("finish_reason"), str)]
+        model = data.get("model")
+        if isinstance(model, str):
+            call.extras["response_model"] = model
+        return body, usage_from_openai(data.get("usage")) or Usage(estimated=True)
 
     def error_from_wire(self, status: int, body: bytes, headers: Any) -> UpstreamError:
         return openai_error(self.config.name, status, body, headers)

@@ -19,8 +19,9 @@ from proxy.store import Ledger
 log = logging.getLogger("proxy.usage")
 
 
-class UsageEvent(msgspec.Struct, kw_only=True, gc=False, array_like=True):
-    """The seed's Usage Event Schema, flattened into columns, plus what operations need."""
+class UsageEvent(msgspec.Struct, gc=False, array_like=True):
+    """The seed's Usage Event Schema, flattened into columns, plus what operations need. The request
+    path builds it with positional arguments (in field order): ~9x cheaper than 27 keywords."""
 
     request_id: str
     ts: float                                # unix seconds, when the call finished

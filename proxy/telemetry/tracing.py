@@ -132,10 +132,9 @@ class Tracing:
             req["gen_ai.request.stream"] = True
             if TAP not in call.extras:
                 call.extras[TAP] = []   # the relay's tap: read once at the end, no wrapper on every chunk
-        t = RequestTrace(trace_id=trace_id, span_id=getrandbits(64) or 1, parent_id=parent_id, remote_parent=remote,
-                         trace_state=state, start_ns=time.time_ns() - int((time.monotonic() - call.started) * 1e9),
-                         op=facts.operation(call), model=call.model, request_id=call.request_id,
-                         ingress=call.ingress, request_attrs=req, marks=[], attempts=[])
+        t = RequestTrace(trace_id, getrandbits(64) or 1, parent_id, remote, state,   # positional: cheaper
+                         time.time_ns() - int((time.monotonic() - call.started) * 1e9), facts.operation(call),
+                         call.model, call.request_id, call.ingress, req, [], None, [])
         if self.record_content:
             t.input_messages = orjson.dumps(body.get("messages")).decode()[:CONTENT_LIMIT]
         call.extras[SPAN] = t
@@ -148,10 +147,11 @@ class Tracing:
             if not call.attempts:        # not relayed from a provider (a cache replay): no tap, watch the chunks
                 reply.chunks = self._watch_stream(call, reply.chunks)
         elif reply.body:
-            reasons: list[str] = []
-            facts.scan_finish_reasons(reply.body, reasons)
-            call.extras["otel.finish"] = reasons
-            call.extras["otel.model"] = facts.scan_model(reply.body)
+            if "finish_reasons" not in call.extras:      # the adapter did not read them off its parse
+                reasons: list[str] = []
+                facts.scan_finish_reasons(reply.body, reasons)
+                call.extras["otel.finish"] = reasons
+                call.extras["otel.model"] = facts.scan_model(reply.body)
             if self.record_content:
                 call.extras["otel.output"] = _output_messages(reply.body)
 
@@ -199,7 +199,7 @@ class Tracing:
                 t.message = call.error or str(status)
         t.n_attempts = call.attempts
         t.provider = o.provider
-        t.response_model = extras.get("otel.model") or o.upstream_model
+        t.response_model = extras.get("response_model") or extras.get("otel.model") or o.upstream_model
         u = call.usage
         if u is not None:
             t.usage = (u.prompt_tokens, u.completion_tokens, u.cached_tokens)
@@ -281,8 +281,7 @@ class Tracing:
         t: RequestTrace | None = call.extras.get(SPAN)
         if t is None:
             return None
-        a = AttemptTrace(span_id=getrandbits(64) or 1, start_ns=time.time_ns(), provider=provider, model=model,
-                         number=call.attempts)
+        a = AttemptTrace(getrandbits(64) or 1, time.time_ns(), provider, model, call.attempts)
         t.attempts.append(a)
         return a
 
