@@ -54,7 +54,10 @@ async def _loop(stage: RateLimitStage | None, model: str) -> float:
         if stage is None:
             await _endpoint(call)
         else:
-            await stage(call, _endpoint)
+            pending = stage.check(call)
+            if pending is not None:
+                await pending
+            await _endpoint(call)
         await call.finish()
     return (time.perf_counter() - t) / N * 1e6
 
@@ -96,7 +99,10 @@ async def _redis() -> dict:
             call = ChatCall(body=dict(BODY), model="mock", stream=False, key=KEY)
             t = time.perf_counter()
             before = len(sent)
-            await stage(call, _endpoint)
+            pending = stage.check(call)
+            if pending is not None:
+                await pending
+            await _endpoint(call)
             checks += len(sent) - before
             lat.append((time.perf_counter() - t) * 1e6)
             await call.finish()

@@ -1,13 +1,14 @@
 """Tracing overhead: proxy throughput with tracing off and on (OTLP/HTTP, sample ratio 1.0, to a local
 collector that decodes nothing).
 
-As `make bench` runs it: the proxy (`llm-service serve`), the fake upstream, the collector and this load
-generator each in their own process, the same closed loop at concurrency 32 through the OpenAI adapter,
-non-streaming and streaming. A third scenario is harsher: the built-in mock provider, where the proxy
-does so little per request that tracing's share is largest. Off and on alternate over `rounds` rounds
-(a fresh proxy each) and the medians are compared, so a burst of other work on the machine hits both.
-Besides requests/s it reports CPU per request: the proxy process's and the span exporter's.
-`python -m bench.tracing_bench [rounds]` prints the figures; `run()` returns them.
+As `make bench` runs it: the proxies (`llm-service serve`), the fake upstream, the collector and this
+load generator each in their own process, the same closed loop at concurrency 32 through the OpenAI
+adapter, non-streaming and streaming. A third scenario is harsher: the built-in mock provider, where the
+proxy does so little per request that tracing's share is largest. Two proxies run side by side, one
+with tracing and one without, and short runs alternate between them (`alternations` each, the traced
+one's exporter given time to drain after each of its runs), so the slow drifts of a shared machine hit
+both alike; the medians are compared. Besides requests/s it reports CPU per request: the proxy
+process's and the span exporter's. `python -m bench.tracing_bench [alternations]` prints the figures.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ from typing import Any
 import orjson
 
 from bench.load import run_load
-from bench.procs import MASTER, ROOT, cpu_seconds, fake_upstream, free_port, proxy, wait_port
+from bench.procs import MASTER, ROOT, Proxy, cpu_seconds, fake_upstream, free_port, proxy, wait_port
 from bench.procs import run as run_loop
 
-SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
+SECONDS = float(os.environ.get("BENCH_TRACING_SECONDS", "1"))
 HEADERS = {"Authorization": f"Bearer {MASTER}", "Content-Type": "application/json"}
 MSG = [{"role": "user", "content": "Benchmark prompt: say a few words."}]
 SCENARIOS = (("nonstream_c32", "bench", False, 32), ("stream_c32", "bench", True, 32),
              ("mock_nonstream_c32", "mock", False, 32))
+DRAIN = 0.7                  # seconds after a traced run for its exporter to export what it was sent
 
 
 @contextlib.asynccontextmanager
@@ -58,7 +60,7 @@ def _exporter_pid(proxy_pid: int) -> int | None:
     return None
 
 
-async def _one(up_port: int, sink: int | None) -> dict[str, Any]:
+def _config(up_port: int, sink: int | None) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "providers": {"up": {"type": "openai", "base_url": f"http://127.0.0.1:{up_port}/v1", "api_key": "sk-up"},
                       "local": {"type": "mock", "reply_tokens": 16}},
@@ -68,25 +70,43 @@ async def _one(up_port: int, sink: int | None) -> dict[str, Any]:
     }
     if sink is not None:
         raw["telemetry"] = {"tracing": {"endpoint": f"http://127.0.0.1:{sink}", "sample_ratio": 1.0}}
-    out: dict[str, Any] = {}
-    async with proxy(raw) as px:
-        exporter = _exporter_pid(px.proc.pid) if sink is not None else None
-        # The helper processes (usage writer, span exporter) import their libraries after the proxy is up:
-        # a short load and a pause first, so that start-up is not measured.
-        await run_load(px.url(), orjson.dumps({"model": "mock", "messages": MSG}), HEADERS, 4, 0.5, False)
+    return raw
+
+
+async def _run(px: Proxy, exporter: int | None, body: bytes, conc: int, stream: bool) -> dict[str, Any]:
+    p0, x0 = cpu_seconds(px.proc.pid), cpu_seconds(exporter) if exporter else 0.0
+    res = await run_load(px.url(), body, HEADERS, conc, SECONDS, stream, warmup=0.2)
+    p1 = cpu_seconds(px.proc.pid)
+    if exporter:
+        await asyncio.sleep(DRAIN)                 # its exporter's work for this run counts too
+    x1 = cpu_seconds(exporter) if exporter else 0.0
+    done = max(1, len(res.latencies) + res.errors)  # warm-up requests are in the CPU too: a bound
+    return {"rps": round(res.rps, 1), "p50_ms": round(res.pct(res.latencies, 0.5), 3), "errors": res.errors,
+            "proxy_cpu_us": round((p1 - p0) / done * 1e6), "exporter_cpu_us": round((x1 - x0) / done * 1e6)}
+
+
+async def _measure(alternations: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"alternations": alternations, "seconds": SECONDS, "sample_ratio": 1.0, "scenarios": {}}
+    async with fake_upstream() as up_port, collector() as sink, \
+            proxy(_config(up_port, None)) as off, proxy(_config(up_port, sink)) as on:
+        exporter = _exporter_pid(on.proc.pid)
+        warm = orjson.dumps({"model": "mock", "messages": MSG})
+        for px in (off, on):                       # the helper processes import their libraries first
+            await run_load(px.url(), warm, HEADERS, 4, 0.5, False)
         await asyncio.sleep(1.0)
         for name, model, stream, conc in SCENARIOS:
             body = orjson.dumps({"model": model, "messages": MSG, "stream": stream})
-            p0, x0 = cpu_seconds(px.proc.pid), cpu_seconds(exporter) if exporter else 0.0
-            res = await run_load(px.url(), body, HEADERS, conc, SECONDS, stream)
-            done = max(1, len(res.latencies) + res.errors)      # warm-up requests are in the CPU too: a bound
-            p1, x1 = cpu_seconds(px.proc.pid), cpu_seconds(exporter) if exporter else 0.0
-            out[name] = {"rps": round(res.rps, 1), "p50_ms": round(res.pct(res.latencies, 0.5), 3),
-                         "errors": res.errors, "proxy_cpu_us": round((p1 - p0) / done * 1e6),
-                         "exporter_cpu_us": round((x1 - x0) / done * 1e6)}
-        if sink is not None:
-            await asyncio.sleep(1.5)                  # the last batches reach the exporter and its answer
-            out["spans_dropped"] = await _spans_dropped(px.url("/metrics"))
+            runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+            for i in range(alternations):
+                for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
+                    px, x = (off, None) if mode == "off" else (on, exporter)
+                    runs[mode].append(await _run(px, x, body, conc, stream))
+            med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
+            o, n = med["off"]["rps"], med["on"]["rps"]
+            out["scenarios"][name] = {**med, "drop_pct": round(100 * (o - n) / o, 1) if o else None,
+                                      "rps_off_runs": [r["rps"] for r in runs["off"]],
+                                      "rps_on_runs": [r["rps"] for r in runs["on"]]}
+        out["spans_dropped"] = await _spans_dropped(on.url("/metrics"))
     return out
 
 
@@ -102,38 +122,16 @@ async def _spans_dropped(url: str) -> float:
     return float("nan")
 
 
-async def _measure(rounds: int) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-    async with fake_upstream() as up_port, collector() as sink:
-        for i in range(rounds):
-            for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
-                runs[mode].append(await _one(up_port, sink if mode == "on" else None))
-                await asyncio.sleep(0.2)
-    out: dict[str, Any] = {"rounds": rounds, "seconds": SECONDS, "sample_ratio": 1.0, "scenarios": {},
-                           "spans_dropped_per_round": [r["spans_dropped"] for r in runs["on"]]}
-    for name, *_ in SCENARIOS:
-        off = _median([r[name] for r in runs["off"]])
-        on = _median([r[name] for r in runs["on"]])
-        out["scenarios"][name] = {
-            "off": off, "on": on, "drop_pct": round(100 * (off["rps"] - on["rps"]) / off["rps"], 1) if off["rps"] else None,
-            "rps_off_rounds": [r[name]["rps"] for r in runs["off"]], "rps_on_rounds": [r[name]["rps"] for r in runs["on"]]}
-    return out
-
-
-def _median(rs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-
-
-def run(rounds: int = 3) -> dict[str, Any]:
-    r: dict[str, Any] = run_loop(_measure(rounds))
+def run(alternations: int = 4) -> dict[str, Any]:
+    r: dict[str, Any] = run_loop(_measure(alternations))
     for name, s in r["scenarios"].items():
         off, on = s["off"], s["on"]
         print(f"  tracing {name:19s} off {off['rps']:8.1f} req/s | on {on['rps']:8.1f} req/s | drop {s['drop_pct']}% | "
               f"CPU/request: proxy {off['proxy_cpu_us']} -> {on['proxy_cpu_us']} us, exporter {on['exporter_cpu_us']} us"
-              f" | rounds off {s['rps_off_rounds']} on {s['rps_on_rounds']}", flush=True)
-    print(f"  tracing spans dropped per round: {r['spans_dropped_per_round']}", flush=True)
+              f" | runs off {s['rps_off_runs']} on {s['rps_on_runs']}", flush=True)
+    print(f"  tracing spans dropped: {r['spans_dropped']}", flush=True)
     return r
 
 
 if __name__ == "__main__":
-    run(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    run(int(sys.argv[1]) if len(sys.argv) > 1 else 4)

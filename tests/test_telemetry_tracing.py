@@ -17,8 +17,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from proxy.config import TracingConfig
 from proxy.gateway import GATEWAY
-from proxy.telemetry.otlp_export import BATCH, ExportSettings, Message, encode_request, readable_spans
-from proxy.telemetry.otlp_process import ExportProcess, batch_message
+from proxy.telemetry.otlp_export import (
+    BATCH,
+    MESSAGE_HEAD,
+    ExportSettings,
+    batch_message,
+    encode_request,
+    readable_spans,
+)
+from proxy.telemetry.otlp_process import ExportProcess
 from proxy.telemetry.trace_record import (
     KIND_CLIENT,
     KIND_INTERNAL,
@@ -326,8 +333,9 @@ async def test_a_stuck_exporter_drops_spans_and_never_blocks():
 def test_a_batch_of_encoded_traces_is_one_message():
     for n in (0, 3, 15, 16, 300):
         traces = _batch(n)
-        msg = msgspec.msgpack.decode(batch_message([_ENCODE(t) for t in traces]), type=Message)
-        assert msg.kind == BATCH and msg.traces == traces
+        body = batch_message([_ENCODE(t) for t in traces], 7 * n)
+        assert MESSAGE_HEAD.unpack_from(body) == (BATCH, 7 * n)
+        assert msgspec.msgpack.decode(body[MESSAGE_HEAD.size:], type=list[RequestTrace]) == traces
 
 
 def test_trace_records_become_the_spans_they_stand_for():

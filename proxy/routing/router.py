@@ -22,6 +22,7 @@ from proxy.errors import Forbidden, ProxyError, Unavailable, UpstreamError, Upst
 from proxy.providers.base import WireRequest
 from proxy.routing.backends import Backend
 from proxy.routing.balance import ordered
+from proxy.routing.deadlines import Deadlines
 from proxy.routing.health import Health, TargetState
 from proxy.routing.models import ModelCatalog
 from proxy.streaming.relay import relay
@@ -56,6 +57,7 @@ class Router:
         self.routing = config.routing
         self.health = Health(config.routing.breaker)
         self.attempt_scopes: list[AttemptScope] = []
+        self.deadlines = Deadlines()          # one sweeping timer for every exchange in flight
         r = config.routing
         # The first try of a target, and the first routing pass, run bare: backoff's wrapper costs ~7% of
         # a request's CPU, so it is entered only once something failed (the common case pays nothing).
@@ -217,12 +219,12 @@ class Router:
         deadline = call.started + t.total
         if deadline - loop.time() <= 0:
             raise UpstreamTimeout("the request's overall deadline passed", retryable=False)
-        # One timer for the whole exchange before the first byte goes out, rescheduled per phase:
-        # response headers within first_byte; a body within idle; a stream's first chunk within first_byte.
+        # One deadline for the whole exchange before the first byte goes out, moved per phase: response
+        # headers within first_byte; a body within idle; a stream's first chunk within first_byte.
         resp: UpstreamResponse | None = None
         phase = "sent no response"
         try:
-            async with asyncio.timeout(max(0.0, min(first_byte_limit, deadline - loop.time()))) as timer:
+            with self.deadlines.after(max(0.0, min(first_byte_limit, deadline - loop.time()))) as timer:
                 resp = await backend.transport.send(wire)
                 if resp.status >= 400 or not call.stream:
                     phase = "stalled sending its response body"

@@ -23,24 +23,29 @@ from proxy.childproc import child_stdio, read_frame_blocking, write_frame
 from proxy.telemetry.otlp_export import (
     BATCH,
     FLUSH,
+    MESSAGE_HEAD,
     ExportSettings,
     FlushAck,
-    Message,
     export_batch,
     make_exporter,
 )
+from proxy.telemetry.trace_record import RequestTrace
 
 NICE = 10                       # the exporter's scheduling priority below the proxy's
 EXPORT_SPANS = 4096             # spans per OTLP export request, at most (batches waiting are merged)
 
 
+Item = tuple[int, int, bytes]          # kind, spans, the traces' msgpack (still encoded)
+
+
 class Exporter:
-    """The child's two threads: `read` drains stdin into the backlog, `run` turns it into exports."""
+    """The child's two threads: `read` drains stdin into the backlog (no decoding, so it hardly needs the
+    GIL), `run` decodes, encodes and exports."""
 
     def __init__(self, settings: ExportSettings, out_fd: int) -> None:
         self.settings, self.out_fd = settings, out_fd
-        self.backlog: collections.deque[Message | None] = collections.deque()
-        self.held = 0                  # spans in the backlog (a request trace counts its spans)
+        self.backlog: collections.deque[Item | None] = collections.deque()
+        self.held = 0                  # spans in the backlog
         self.dropped = 0
         self.cv = threading.Condition()
         self.out_lock = threading.Lock()
@@ -52,49 +57,49 @@ class Exporter:
         with self.out_lock:
             write_frame(self.out_fd, msgspec.msgpack.encode(FlushAck(self.dropped, flushed)))
 
-    @staticmethod
-    def spans_in(m: Message) -> int:
-        return sum(1 + len(t.attempts) + len(t.marks) // 2 for t in m.traces)
-
     def read(self, stdin: Any) -> None:
-        decode = msgspec.msgpack.Decoder(Message).decode
+        head = MESSAGE_HEAD.size
         while True:
             body = read_frame_blocking(stdin)
-            msg = decode(body) if body is not None else None
+            item: Item | None = None
+            if body is not None:
+                kind, spans = MESSAGE_HEAD.unpack_from(body)
+                item = (kind, spans, body[head:])
             with self.cv:
-                n = self.spans_in(msg) if msg is not None and msg.kind == BATCH else 0
+                n = item[1] if item is not None and item[0] == BATCH else 0
                 if n and self.held + n > self.settings.max_queue_size:
                     self.dropped += n              # the collector is slow or gone: drop, keep draining
                     self.tell(flushed=False)
                 else:
                     self.held += n
-                    self.backlog.append(msg)
+                    self.backlog.append(item)
                     self.cv.notify()
-            if msg is None:
+            if item is None:
                 return
 
-    def _take(self) -> tuple[list[Message], int, bool]:
+    def _take(self) -> tuple[list[bytes], int, bool]:
         """Batches waiting, oldest first, up to one export's worth (a flush or the end stops the run)."""
         with self.cv:
             while not self.backlog:
                 self.cv.wait()
-            taken: list[Message] = []
+            taken: list[bytes] = []
             n = 0
             while self.backlog and n < EXPORT_SPANS:
-                msg = self.backlog[0]
-                if msg is None or msg.kind == FLUSH:
+                item = self.backlog[0]
+                if item is None or item[0] == FLUSH:
                     if not taken:
                         self.backlog.popleft()
-                        return [], 0, msg is None
+                        return [], 0, item is None
                     break
                 self.backlog.popleft()
-                taken.append(msg)
-                n += self.spans_in(msg)
+                taken.append(item[2])
+                n += item[1]
             self.held -= n
             return taken, n, False
 
     def run(self, exporter: Any) -> None:
         s = self.settings
+        decode = msgspec.msgpack.Decoder(list[RequestTrace]).decode
         while True:
             taken, n, end = self._take()
             if end:
@@ -103,7 +108,7 @@ class Exporter:
                 self.tell(flushed=True)
                 continue
             try:
-                export_batch(exporter, [t for m in taken for t in m.traces], s, self.new_id)
+                export_batch(exporter, [t for data in taken for t in decode(data)], s, self.new_id)
             except Exception:          # an exporter bug must not end tracing: count the batch as dropped
                 self.dropped += n
                 self.tell(flushed=False)

@@ -7,6 +7,7 @@ from `readable_spans`.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import msgspec
@@ -15,8 +16,21 @@ from proxy import __version__
 from proxy.telemetry.otlp_wire import WireEncoder
 from proxy.telemetry.trace_record import RequestTrace, SpanRecord, to_spans
 
-FLUSH = 0                       # Message.kind: answer once everything sent before is exported
-BATCH = 1                       # Message.kind: request traces to export
+FLUSH = 0                       # message kind: answer once everything sent before is exported
+BATCH = 1                       # message kind: request traces to export
+MESSAGE_HEAD = struct.Struct(">BI")     # kind, spans in it; then (BATCH) a msgpack array of RequestTraces
+
+
+def batch_message(traces: list[bytes], spans: int) -> bytes:
+    """A BATCH message from traces msgpack-encoded one by one: the child's reader learns its size in
+    spans from the head, without decoding it (decoding is the export thread's work)."""
+    n = len(traces)
+    array = bytes((0x90 | n,)) if n < 16 else (b"\xdc" + struct.pack(">H", n) if n < 65536
+                                                 else b"\xdd" + struct.pack(">I", n))
+    return b"".join((MESSAGE_HEAD.pack(BATCH, spans), array, *traces))
+
+
+FLUSH_MESSAGE = MESSAGE_HEAD.pack(FLUSH, 0)
 
 
 class ExportSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -30,11 +44,6 @@ class ExportSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_queue_size: int                                  # spans held in the backlog; beyond it dropped
     provider_types: dict[str, str] = {}                  # provider name -> type (gen_ai.provider.name)
     stage_names: list[str] = []                          # stage spans' names, by binding order
-
-
-class Message(msgspec.Struct, array_like=True):
-    kind: int
-    traces: list[RequestTrace] = []
 
 
 class FlushAck(msgspec.Struct, array_like=True):

@@ -10,25 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 
 import msgspec
 
 from proxy.childproc import frame, read_frame, spawn
-from proxy.telemetry.otlp_export import BATCH, FLUSH, ExportSettings, FlushAck, Message
+from proxy.telemetry.otlp_export import FLUSH_MESSAGE, ExportSettings, FlushAck, batch_message
 
 log = logging.getLogger("proxy.telemetry")
 MAX_BUFFER = 8 * 1024 * 1024          # bytes waiting in the pipe transport before batches are dropped
 _ENCODE = msgspec.msgpack.Encoder().encode
-_MSG_HEAD = b"\x92" + _ENCODE(BATCH)                 # Message(kind=BATCH, traces=[...]) as a msgpack array
-
-
-def batch_message(traces: list[bytes]) -> bytes:
-    """The msgpack of Message(BATCH, traces) from traces already encoded one by one."""
-    n = len(traces)
-    head = bytes((0x90 | n,)) if n < 16 else (b"\xdc" + struct.pack(">H", n) if n < 65536
-                                                else b"\xdd" + struct.pack(">I", n))
-    return b"".join((_MSG_HEAD, head, *traces))
 
 
 class ExportProcess:
@@ -86,7 +76,7 @@ class ExportProcess:
         if w is None or self._closed or w.is_closing() or w.transport.get_write_buffer_size() > MAX_BUFFER:
             self.dropped_here += spans
             return
-        w.write(frame(batch_message(traces)))
+        w.write(frame(batch_message(traces, spans)))
 
     async def flush(self, within: float = 10.0) -> bool:
         """True once the child has exported everything sent before this call."""
@@ -94,7 +84,7 @@ class ExportProcess:
         if w is None or acks is None or self._closed:
             return False
         async with self._lock:
-            w.write(frame(_ENCODE(Message(FLUSH))))
+            w.write(frame(FLUSH_MESSAGE))
             try:
                 await asyncio.wait_for(acks.get(), within)
             except TimeoutError:
