@@ -74,7 +74,7 @@ class TracingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     sample_ratio: float | None = None   # None: OTEL_TRACES_SAMPLER_ARG, else 1.0 (parent-based)
     record_content: bool = False        # put prompts and completions on spans (off: never recorded)
     headers: dict[str, str] = {}        # sent to the collector, e.g. an auth header
-    max_queue_size: int = 8192          # spans waiting for export; more are dropped, never waited for
+    max_queue_size: int = 32768         # spans waiting for export; more are dropped, never waited for
     export_timeout: float = 10.0        # seconds per export batch
 
 

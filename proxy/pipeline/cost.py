@@ -32,6 +32,8 @@ def _missing(u: Usage | None) -> bool:
 
 
 class CostStage:
+    traced = False          # no span of its own: µs of bookkeeping (see Tracing.bind_checks)
+
     def __init__(self, acct: Accounting) -> None:
         self.acct = acct
         self._record_fn = self._record          # one bound method each, not one per call

@@ -7,6 +7,8 @@ from proxy.context import ChatCall
 
 
 class ValidateStage:
+    traced = False          # no span of its own: µs of bookkeeping (see Tracing.bind_checks)
+
     def check(self, call: ChatCall) -> None:
         if call.endpoint == "chat.completions":
             validate_chat(call)

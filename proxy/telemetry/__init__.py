@@ -146,7 +146,7 @@ class _Attempt:
             self.span = tracing.start_attempt(call, self.target.provider, self.target.model)
             if self.span is not None:     # sampled; unsampled passes the client's context on as is
                 # A new dict: the provider's headers dict is shared by all its requests.
-                wire.headers = {**wire.headers, **tracing.trace_headers(call, self.span)}
+                wire.headers = tracing.trace_headers(call, self.span, wire.headers)
                 return
         if "traceparent" in call.headers:     # tracing off: pass the client's trace context through
             wire.headers = {**wire.headers, **{h: call.headers[h] for h in TRACE_HEADERS if h in call.headers}}

@@ -19,8 +19,8 @@ from proxy.telemetry.trace_record import (
     attempt_key,
     attempt_span,
     attempt_static,
+    request_dynamic,
     request_key,
-    request_span,
     request_static,
     stage_common,
     stage_intervals,
@@ -33,6 +33,7 @@ _TIMES = struct.Struct("<BQBQ").pack                 # start_time (field 7) and 
 _KINDS = (b"", b"\x30\x01", b"\x30\x02", b"\x30\x03")   # Span.kind (field 6): INTERNAL, SERVER, CLIENT
 _FLAGS_LOCAL = b"\x85\x01" + _I(0x100)              # Span.flags (field 16): HAS_IS_REMOTE
 _FLAGS_REMOTE = b"\x85\x01" + _I(0x300)             # ... | IS_REMOTE
+_STAGE_TAIL = b"\x7a\x00" + _FLAGS_LOCAL             # a stage span: status unset, parent local
 _SMALL = [bytes((i,)) for i in range(128)]
 _MASK64 = (1 << 64) - 1
 _MEMO_LIMIT = 8192
@@ -90,6 +91,7 @@ class WireEncoder:
         self._names: dict[str, bytes] = {}
         self._heads: dict[tuple[str, ...], list[bytes]] = {}
         self._statics: dict[tuple[Any, ...], bytes] = {}
+        self._leads: dict[tuple[str, ...], dict[int, list[bytes]]] = {}
 
     def _attribute(self, k: str, v: Any) -> bytes:
         """Span.attributes (field 9) entry; memoised for values that repeat across requests."""
@@ -158,34 +160,61 @@ class WireEncoder:
 
     def traces(self, traces: list[RequestTrace], stage_names: list[str], provider_types: dict[str, str],
                new_id: Any) -> bytes:
-        """The request of `to_spans` of each trace, the same bytes (a test holds them equal), without
-        building a SpanRecord for a stage span: those (most spans) are a template and two timestamps."""
+        """The request of `to_spans` of each trace, the same bytes (a test holds them equal), without a
+        SpanRecord or an attribute dict for the spans every request has: a stage span is a template and
+        two timestamps, the request span its encoded repeating attributes and a few of its own."""
         spans: list[bytes] = []
         add, span = spans.append, self.span
         stage_heads = self._stage_heads(stage_names)
+        leads = self._leads.setdefault(tuple(stage_names), {})
         for t in traces:
             tid = bytes.fromhex(t.trace_id)
-            body = span(request_span(t, provider_types, static=False), tid,
-                        self._static(request_key(t), request_static, t, provider_types))
-            add(b"\x12" + varint(len(body)) + body)
+            add(self._request(t, tid, provider_types))
             pre = b"\x0a\x10" + tid + b"\x12\x08"
             mid = ((_ld(b"\x1a", t.trace_state.encode()) if t.trace_state else b"") + b"\x22\x08" + _BE(t.span_id))
             common: dict[str, Any] | None = None
             err = t.stage_error[0] if t.stage_error is not None else -1
+            lead = leads.get(len(mid))
+            if lead is None:                # a stage span's length is fixed by its name and this: so is its head
+                lead = leads[len(mid)] = [b"\x12" + varint(len(pre) + 8 + len(mid) + len(h) + 18 + len(_STAGE_TAIL))
+                                          for h in stage_heads]
             for k, start, end in stage_intervals(t):
                 if k == err or not (start and end) or not 0 <= k < len(stage_heads):
                     common = common or stage_common(t)
                     body = span(stage_span(t, k, start, end, stage_names, common, new_id), tid)
-                else:
-                    body = b"".join((pre, _BE(new_id()), mid, stage_heads[k], _TIMES(0x39, start, 0x41, end),
-                                     b"\x7a\x00", _FLAGS_LOCAL))
-                add(b"\x12" + varint(len(body)) + body)
+                    add(b"\x12" + varint(len(body)) + body)
+                    continue
+                add(b"".join((lead[k], pre, _BE(new_id()), mid, stage_heads[k], _TIMES(0x39, start, 0x41, end),
+                              _STAGE_TAIL)))
             for a in t.attempts:
                 body = span(attempt_span(t, a, provider_types, static=False), tid,
                             self._static(attempt_key(t, a), attempt_static, t, a, provider_types))
                 add(b"\x12" + varint(len(body)) + body)
         scope_spans = _ld(b"\x12", self.scope + b"".join(spans))
         return _ld(b"\x0a", self.resource + scope_spans)
+
+    def _request(self, t: RequestTrace, tid: bytes, provider_types: dict[str, str]) -> bytes:
+        """The request span's field, as span(request_span(t)) writes it, from `t` directly."""
+        parts = [b"\x0a\x10", tid, b"\x12\x08", _BE(t.span_id)]
+        if t.trace_state:
+            parts.append(_ld(b"\x1a", t.trace_state.encode()))
+        if t.parent_id:
+            parts += (b"\x22\x08", _BE(t.parent_id))
+        parts += (self._name(f"{t.op} {t.model}"), _KINDS[2])
+        if t.start_ns and t.end_ns:
+            parts.append(_TIMES(0x39, t.start_ns, 0x41, t.end_ns))
+        else:
+            parts += ((b"\x39" + _Q(t.start_ns) if t.start_ns else b""), (b"\x41" + _Q(t.end_ns) if t.end_ns else b""))
+        parts.append(self._static(request_key(t), request_static, t, provider_types))
+        attribute = self._attribute
+        parts += [attribute(k, v) for k, v in request_dynamic(t).items()]
+        if t.message:
+            parts.append(_ld(b"\x7a", _ld(b"\x12", t.message.encode()) + b"\x18\x02"))
+        else:
+            parts.append(b"\x7a\x00")
+        parts.append(_FLAGS_REMOTE if t.remote_parent else _FLAGS_LOCAL)
+        body = b"".join(parts)
+        return b"\x12" + varint(len(body)) + body
 
     def _static(self, key: tuple[Any, ...], attrs: Any, *args: Any) -> bytes:
         """The encoded attribute fields that `attrs(*args)` gives for `key`, encoded once per key."""

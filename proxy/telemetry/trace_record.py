@@ -7,7 +7,7 @@ request path pays a few appends and one struct, not ~8 span objects and ~30 attr
 
 Stage marks are pairs `(code, unix ns)`: code `2k` = stage k entered (which ends the stage before it:
 it handed on), `2k + 1` = stage k ended without handing on (it answered, or raised), `ROUTER` = the
-router was entered. Stage numbers are in binding order (compose binds the innermost first).
+router was entered, `QUIET` = a stage without a span was. Stage numbers are in binding order.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from proxy.telemetry.facts import provider_name
 
 KIND_INTERNAL, KIND_SERVER, KIND_CLIENT = 1, 2, 3      # OTLP SpanKind values
 STATUS_ERROR = 2                                        # OTLP Status.code
-ROUTER = -1
+ROUTER = -1                     # mark: the router was entered
+QUIET = -3                      # mark: an untraced stage was entered (it ends the span before it)
 
 
 class SpanRecord(msgspec.Struct, array_like=True, kw_only=True):

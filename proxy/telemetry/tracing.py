@@ -27,13 +27,13 @@ from proxy.pipeline import Check, Handler, Stage
 from proxy.telemetry import facts
 from proxy.telemetry.otlp_export import ExportSettings, make_exporter
 from proxy.telemetry.otlp_process import ExportProcess
-from proxy.telemetry.trace_record import ROUTER, AttemptTrace, RequestTrace
+from proxy.telemetry.trace_record import QUIET, ROUTER, AttemptTrace, RequestTrace
 from proxy.telemetry.trace_settings import TracingSettings, parse_traceparent, resolve
 
 SPAN = "otel.span"
 TAP = "relay_tap"                # call.extras: the relay appends the client-bound bytes here (proxy/streaming/relay)
 CONTENT_LIMIT = 64 * 1024        # bytes of prompt / completion kept on a span when record_content is on
-BATCH = 256                      # requests per hand-off to the exporter process (~2000 spans)
+BATCH = 1024                     # requests per hand-off to the exporter process (~8000 spans)
 DELAY = 0.5                      # seconds a finished request may wait for its batch
 _ENCODE = msgspec.msgpack.Encoder().encode
 _REQUEST_ATTRS = (("max_tokens", "gen_ai.request.max_tokens"), ("temperature", "gen_ai.request.temperature"),
@@ -230,8 +230,10 @@ class Tracing:
         return entered
 
     def bind_checks(self, checks: Sequence[Check], nxt: Handler) -> Handler:
-        """compose()'s binder for consecutive checks: each gets its span, the one that raised its error."""
-        numbered = tuple((2 * self._stage(c), c.check) for c in checks)
+        """compose()'s binder for consecutive checks: each gets its span, the one that raised its error.
+        A check with `traced = False` (validation, the cost stage's set-up: µs of bookkeeping an operator
+        never looks into) gets none: its mark only ends the span before it."""
+        numbered = tuple((2 * self._stage(c) if getattr(c, "traced", True) else QUIET, c.check) for c in checks)
 
         async def checked(call: ChatCall) -> Reply:
             t: RequestTrace | None = call.extras.get(SPAN)
@@ -249,9 +251,10 @@ class Tracing:
                     if pending is not None:
                         await pending
                 except BaseException as e:
-                    marks += (enter + 1, time.time_ns())
-                    code, message = error_of(e)
-                    t.stage_error = (enter // 2, code, message)
+                    if enter != QUIET:
+                        marks += (enter + 1, time.time_ns())
+                        code, message = error_of(e)
+                        t.stage_error = (enter // 2, code, message)
                     raise
             return call.replied(await nxt(call))
 
@@ -286,10 +289,12 @@ class Tracing:
         return a
 
     @staticmethod
-    def trace_headers(call: ChatCall, a: AttemptTrace) -> dict[str, str]:
-        """W3C traceparent (and tracestate) naming the attempt's span, for the upstream request."""
+    def trace_headers(call: ChatCall, a: AttemptTrace, base: Mapping[str, str]) -> dict[str, str]:
+        """`base` (the provider's headers, shared: never changed) plus W3C traceparent (and tracestate)
+        naming the attempt's span, for the upstream request."""
         t: RequestTrace = call.extras[SPAN]
-        headers = {"traceparent": f"00-{t.trace_id}-{a.span_id:016x}-01"}
+        headers = dict(base)
+        headers["traceparent"] = f"00-{t.trace_id}-{a.span_id:016x}-01"
         if t.trace_state:
             headers["tracestate"] = t.trace_state
         return headers
