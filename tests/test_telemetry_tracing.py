@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
@@ -95,7 +96,7 @@ async def test_streamed_request_trace_spans_parents_and_genai_attributes(start_p
     assert len(names) == len(set(names))
     stages = {s.name: s for s in spans if s.name.startswith("pipeline.")}
     order = ["pipeline.auth", "pipeline.rate_limit", "pipeline.budget", "pipeline.cache"]
-    for a, b in zip(order, order[1:], strict=False):
+    for a, b in itertools.pairwise(order):
         assert stages[a].start_ns <= stages[a].end_ns <= stages[b].start_ns, (a, b)
     assert [s.kind for s in spans].count("SERVER") == 1 and [s.kind for s in spans].count("CLIENT") == 1
     root = next(s for s in spans if s.kind == "SERVER")
@@ -231,6 +232,9 @@ async def test_a_dead_collector_never_blocks_requests(start_proxy):
     for _ in range(20):
         await c.chat.completions.create(model="mock", messages=[{"role": "user", "content": "hi"}])
     assert loop.time() - t0 < 5
+    tracing = server.app[GATEWAY].telemetry.tracing
+    await tracing.flush(10)
+    assert tracing.dropped > 0                        # more than max_queue_size: counted, never waited for
 
 
 async def test_an_unsampled_traceparent_records_nothing_and_passes_through(start_proxy, fake_openai, receiver):

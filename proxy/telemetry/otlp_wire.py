@@ -160,38 +160,47 @@ class WireEncoder:
 
     def traces(self, traces: list[RequestTrace], stage_names: list[str], provider_types: dict[str, str],
                new_id: Any) -> bytes:
-        """The request of `to_spans` of each trace, the same bytes (a test holds them equal), without a
-        SpanRecord or an attribute dict for the spans every request has: a stage span is a template and
-        two timestamps, the request span its encoded repeating attributes and a few of its own."""
+        """The request of `to_spans` of each trace: the same bytes (a test holds them equal)."""
+        return self.wrap([self.trace_spans(t, stage_names, provider_types, new_id) for t in traces])
+
+    def wrap(self, spans: list[bytes]) -> bytes:
+        """ExportTraceServiceRequest{resource_spans: [{resource, scope_spans: [{scope, spans}]}]} around
+        Span fields from trace_spans."""
+        scope_spans = _ld(b"\x12", self.scope + b"".join(spans))
+        return _ld(b"\x0a", self.resource + scope_spans)
+
+    def trace_spans(self, t: RequestTrace, stage_names: list[str], provider_types: dict[str, str],
+                    new_id: Any) -> bytes:
+        """One trace's Span fields, without a SpanRecord or an attribute dict for the spans every request
+        has: a stage span is a template and two timestamps, the request span its encoded repeating
+        attributes and a few of its own."""
         spans: list[bytes] = []
         add, span = spans.append, self.span
         stage_heads = self._stage_heads(stage_names)
+        tid = bytes.fromhex(t.trace_id)
+        add(self._request(t, tid, provider_types))
+        pre = b"\x0a\x10" + tid + b"\x12\x08"
+        mid = ((_ld(b"\x1a", t.trace_state.encode()) if t.trace_state else b"") + b"\x22\x08" + _BE(t.span_id))
+        common: dict[str, Any] | None = None
+        err = t.stage_error[0] if t.stage_error is not None else -1
         leads = self._leads.setdefault(tuple(stage_names), {})
-        for t in traces:
-            tid = bytes.fromhex(t.trace_id)
-            add(self._request(t, tid, provider_types))
-            pre = b"\x0a\x10" + tid + b"\x12\x08"
-            mid = ((_ld(b"\x1a", t.trace_state.encode()) if t.trace_state else b"") + b"\x22\x08" + _BE(t.span_id))
-            common: dict[str, Any] | None = None
-            err = t.stage_error[0] if t.stage_error is not None else -1
-            lead = leads.get(len(mid))
-            if lead is None:                # a stage span's length is fixed by its name and this: so is its head
-                lead = leads[len(mid)] = [b"\x12" + varint(len(pre) + 8 + len(mid) + len(h) + 18 + len(_STAGE_TAIL))
-                                          for h in stage_heads]
-            for k, start, end in stage_intervals(t):
-                if k == err or not (start and end) or not 0 <= k < len(stage_heads):
-                    common = common or stage_common(t)
-                    body = span(stage_span(t, k, start, end, stage_names, common, new_id), tid)
-                    add(b"\x12" + varint(len(body)) + body)
-                    continue
-                add(b"".join((lead[k], pre, _BE(new_id()), mid, stage_heads[k], _TIMES(0x39, start, 0x41, end),
-                              _STAGE_TAIL)))
-            for a in t.attempts:
-                body = span(attempt_span(t, a, provider_types, static=False), tid,
-                            self._static(attempt_key(t, a), attempt_static, t, a, provider_types))
+        lead = leads.get(len(mid))
+        if lead is None:                    # a stage span's length is fixed by its name and this: so is its head
+            lead = leads[len(mid)] = [b"\x12" + varint(len(pre) + 8 + len(mid) + len(h) + 18 + len(_STAGE_TAIL))
+                                      for h in stage_heads]
+        for k, start, end in stage_intervals(t):
+            if k == err or not (start and end) or not 0 <= k < len(stage_heads):
+                common = common or stage_common(t)
+                body = span(stage_span(t, k, start, end, stage_names, common, new_id), tid)
                 add(b"\x12" + varint(len(body)) + body)
-        scope_spans = _ld(b"\x12", self.scope + b"".join(spans))
-        return _ld(b"\x0a", self.resource + scope_spans)
+                continue
+            add(b"".join((lead[k], pre, _BE(new_id()), mid, stage_heads[k], _TIMES(0x39, start, 0x41, end),
+                          _STAGE_TAIL)))
+        for a in t.attempts:
+            body = span(attempt_span(t, a, provider_types, static=False), tid,
+                        self._static(attempt_key(t, a), attempt_static, t, a, provider_types))
+            add(b"\x12" + varint(len(body)) + body)
+        return b"".join(spans)
 
     def _request(self, t: RequestTrace, tid: bytes, provider_types: dict[str, str]) -> bytes:
         """The request span's field, as span(request_span(t)) writes it, from `t` directly."""

@@ -64,6 +64,8 @@ class OTLPReceiver:
         self.discard = discard
         self.spans: list[Span] = []
         self.exports = 0
+        self.fail_next = 0                    # answer this many exports with 503 (the exporter must retry)
+        self.headers: list[dict[str, str]] = []
         self.content_types: list[str] = []
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_post("/v1/traces", self.traces)
@@ -72,11 +74,15 @@ class OTLPReceiver:
     async def traces(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.exports += 1
+        self.headers.append({k.lower(): v for k, v in request.headers.items()})
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return web.Response(status=503, text="busy")
         if not self.discard:
             enc = request.headers.get("Content-Encoding", "")
-            if enc == "gzip":
+            if enc == "gzip" and body[:2] == b"\x1f\x8b":      # aiohttp may have decompressed it already
                 body = gzip.decompress(body)
-            elif enc == "deflate":
+            elif enc == "deflate" and body[:1] == b"\x78":
                 body = zlib.decompress(body)
             self.content_types.append(request.headers.get("Content-Type", ""))
             self.spans.extend(decode(body))
