@@ -1,7 +1,8 @@
 """Telemetry: traces (OTLP), metrics (Prometheus), access logs, wired into the gateway at three seams.
 
 - `wrap_pipeline(handler)`: the outermost handler; starts the request span, counts in-flight work.
-- `bind_stage`: compose()'s binder when tracing is on (a span per stage); None when off.
+- `bind_stage` / `bind_checks` / `wrap_router`: compose()'s binders when tracing is on (marks for the
+  stage spans, no extra frames); None (plain binding) when off.
 - `attempt_hook`: a router attempt scope (attempt span, traceparent upstream, attempt metrics).
 - `observe(call)`: a Gateway observer; runs after the last byte: ends spans, records metrics, logs.
 """
