@@ -54,6 +54,9 @@ class CacheStage:
         self.kv: KV = kv if kv is not None else build_kv(config)
         self.models = models if models is not None else ModelCatalog(config.models)
         self.stats = CacheStats()
+        self._keyed: dict[int, tuple[str, Target]] = {}          # id(model) -> (routed name, primary)
+        self._decoded: dict[str, tuple[bytes, Entry]] = {}        # the memory store's bytes, decoded once
+        self._targets: dict[tuple[str, str], Target] = {}
 
     def model_name(self, requested: str) -> str:
         """The configured name a requested model (alias, `name@version`) stands for; tags use it."""
@@ -72,15 +75,19 @@ class CacheStage:
             call.extras["cache"] = "bypass"
             self.stats.add(model.name, ns, "bypass")
             return await next(call)
-        routed = f"{model.name}@{model.version}" if model.version else model.name
-        key = cache_key(ns, call.endpoint, routed, primary_target(model), call.body)
+        keyed = self._keyed.get(id(model))
+        if keyed is None:
+            keyed = self._keyed[id(model)] = (f"{model.name}@{model.version}" if model.version else model.name,
+                                              primary_target(model))
+        key = cache_key(ns, call.endpoint, keyed[0], keyed[1], call.body)
         call.extras["cache_key"] = key
         if ctl.lookup:
             entry = await self._lookup(call, key, ns, ctl, model.name)
             if entry is not None:
                 return self._hit(call, key, ns, entry, model.name)
         self.stats.add(model.name, ns, "miss")
-        call.response_headers.update({HEADER: "MISS", "x-llm-cache-key": key})
+        h = call.response_headers
+        h[HEADER], h["x-llm-cache-key"] = "MISS", key
         call.extras["cache"] = "miss"
         reply = await next(call)
         if not ctl.store or reply.status != 200:
@@ -99,7 +106,17 @@ class CacheStage:
         except KVError:
             self.stats.add(name, ns, "error")
             return None
-        entry = decode(raw) if raw is not None else None
+        if raw is None:
+            return None
+        seen = self._decoded.get(key)
+        if seen is not None and seen[0] is raw:     # the memory store hands back the same bytes object
+            entry: Entry | None = seen[1]
+        else:
+            entry = decode(raw)
+            if entry is not None:
+                if len(self._decoded) >= 1024:
+                    self._decoded.clear()
+                self._decoded[key] = (raw, entry)
         if entry is None or (ctl.max_age is not None and time.time() - entry.created > ctl.max_age):
             return None
         if entry.events is None and entry.body is None:
@@ -112,13 +129,19 @@ class CacheStage:
         self.stats.add(name, ns, "hit")
         age = max(0, int(time.time() - entry.created))
         call.usage = entry.usage
-        call.extras.update(cache="hit", cached=True)
+        extras = call.extras
+        extras["cache"], extras["cached"] = "hit", True
+        h = call.response_headers
+        h[HEADER], h["x-llm-cache-key"], h["age"] = "HIT", key, str(age)
         if entry.provider:
-            call.target = Target(provider=entry.provider, model=entry.upstream_model)   # for the saved cost
-        headers = {HEADER: "HIT", "x-llm-cache-key": key, "age": str(age)}
-        if entry.provider:
-            headers.update({"x-llm-provider": entry.provider, "x-llm-upstream-model": entry.upstream_model})
-        call.response_headers.update(headers)
+            pm = (entry.provider, entry.upstream_model)
+            target = self._targets.get(pm)
+            if target is None:
+                if len(self._targets) >= 1024:
+                    self._targets.clear()
+                target = self._targets[pm] = Target(provider=pm[0], model=pm[1])
+            call.target = target                    # for the saved cost
+            h["x-llm-provider"], h["x-llm-upstream-model"] = pm
         if not call.stream:
             body = entry.body if entry.body is not None else sse.assemble(entry.events or [], entry.usage)
             return Reply(body=body)
