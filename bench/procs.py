@@ -48,10 +48,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.asynccontextmanager
-async def fake_upstream(chunks: int = 20) -> AsyncIterator[int]:
-    """bench.fake_upstream in its own process; yields its port."""
+async def server(module: str, *args: str) -> AsyncIterator[int]:
+    """`python -m module PORT-ARGS...` in its own process; `{port}` in args is its port; yields the port."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.fake_upstream", str(port), str(chunks)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", module, *(a.format(port=port) for a in args)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         await wait_port(port)
@@ -59,6 +59,11 @@ async def fake_upstream(chunks: int = 20) -> AsyncIterator[int]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def fake_upstream(chunks: int = 20) -> contextlib.AbstractAsyncContextManager[int]:
+    """bench.fake_upstream (a zero-latency OpenAI upstream) in its own process; yields its port."""
+    return server("bench.fake_upstream", "{port}", str(chunks))
 
 
 class Proxy:

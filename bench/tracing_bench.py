@@ -17,16 +17,14 @@ import asyncio
 import contextlib
 import os
 import statistics
-import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from bench.load import run_load
-from bench.procs import MASTER, ROOT, Proxy, cpu_seconds, fake_upstream, free_port, proxy, wait_port
+from bench.procs import MASTER, Proxy, cpu_seconds, fake_upstream, proxy, server
 from bench.procs import run as run_loop
 
 SECONDS = float(os.environ.get("BENCH_TRACING_SECONDS", "1"))
@@ -37,18 +35,9 @@ SCENARIOS = (("nonstream_c32", "bench", False, 32), ("stream_c32", "bench", True
 DRAIN = 0.7                  # seconds after a traced run for its exporter to export what it was sent
 
 
-@contextlib.asynccontextmanager
-async def collector() -> AsyncIterator[int]:
-    """tests.fakes.otlp_receiver --discard in its own process; yields its port."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.otlp_receiver", "--port", str(port), "--discard"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        await wait_port(port)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def collector() -> contextlib.AbstractAsyncContextManager[int]:
+    """tests.fakes.otlp_receiver --discard (answers every export, decodes nothing) in its own process."""
+    return server("tests.fakes.otlp_receiver", "--port", "{port}", "--discard")
 
 
 def _exporter_pid(proxy_pid: int) -> int | None:
