@@ -104,3 +104,21 @@ def test_an_in_memory_ledger_is_written_inline_and_process_is_refused(tmp_path):
     assert isinstance(build_gateway(inline, KeyStore(inline)).accounting.writer, UsageWriter)  # type: ignore[union-attr]
     with pytest.raises(ConfigError, match=r"accounting\.writer"):
         make_config(accounting={"writer": "process"})
+
+
+async def test_a_read_while_the_writer_is_stuck_is_a_clear_503(start_proxy, tmp_path):
+    server = await start_proxy(priced_config(f"sqlite:///{tmp_path}/l.db"))
+    writer = server.app[GATEWAY].accounting.writer
+    url = str(server.make_url(""))
+    pid = await _child_pid(writer)
+    os.kill(pid, signal.SIGSTOP)                    # frozen: it confirms nothing
+    try:
+        st, _, _ = await request(url, "POST", "/v1/chat/completions", chat_body())
+        assert st == 200                            # requests never wait for the ledger
+        st, body, headers = await request(url, "GET", "/v1/usage")
+        assert st == 503 and body["error"]["type"] and "ledger" in body["error"]["message"]
+        assert {k.lower(): v for k, v in headers.items()}.get("retry-after") == "1", headers
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    st, body, _ = await request(url, "GET", "/v1/usage")
+    assert st == 200 and len(body["data"]) == 1     # written once the writer runs again

@@ -41,41 +41,39 @@ async def test_rejected_call_never_reaches_later_stages():
     assert call.attempts == 0 and call.target is None
 
 
-async def test_compose_order_and_finalisers():
-    seen: list[str] = []
+class Tag:
+    """A stage that notes when it runs, when the reply comes back through it and when the call finishes."""
 
-    class Tag:
-        def __init__(self, name: str) -> None:
-            self.name = name
+    def __init__(self, name: str, seen: list[str]) -> None:
+        self.name, self.seen = name, seen
 
-        async def __call__(self, call: ChatCall, next: Handler) -> Reply:
-            seen.append(self.name)
-            call.on_finish(lambda c: seen.append("finish:" + self.name))
-            return await next(call)
+    async def __call__(self, call: ChatCall, next: Handler) -> Reply:
+        self.seen.append(self.name)
+        call.on_finish(lambda c: self.seen.append("finish:" + self.name))
+        reply = await next(call)
+        self.seen.append("after:" + self.name)
+        return reply
 
+
+def recording_endpoint(seen: list[str]) -> Handler:
     async def endpoint(call: ChatCall) -> Reply:
         seen.append("router")
         return Reply(body=b"{}")
+    return endpoint
 
-    handler = compose([Tag("auth"), Tag("limit"), Tag("cache")], endpoint)
+
+async def test_compose_order_and_finalisers():
+    seen: list[str] = []
+    handler = compose([Tag("auth", seen), Tag("limit", seen), Tag("cache", seen)], recording_endpoint(seen))
     call = ChatCall(body={}, model="m", stream=False)
     await handler(call)
     await call.finish()
-    assert seen == ["auth", "limit", "cache", "router", "finish:cache", "finish:limit", "finish:auth"]
+    assert seen == ["auth", "limit", "cache", "router", "after:cache", "after:limit", "after:auth",
+                    "finish:cache", "finish:limit", "finish:auth"]
 
 
 async def test_checks_run_in_order_between_stages_and_a_refusal_stops_the_rest():
     seen: list[str] = []
-
-    class Tag:
-        def __init__(self, name: str) -> None:
-            self.name = name
-
-        async def __call__(self, call: ChatCall, next: Handler) -> Reply:
-            seen.append(self.name)
-            reply = await next(call)
-            seen.append("after:" + self.name)
-            return reply
 
     class Gate:
         def __init__(self, name: str, refuse: bool = False, sync: bool = False) -> None:
@@ -95,12 +93,8 @@ async def test_checks_run_in_order_between_stages_and_a_refusal_stops_the_rest()
             if self.refuse and call.model == "refused":
                 raise ProxyError("no", status=429)
 
-    async def endpoint(call: ChatCall) -> Reply:
-        seen.append("router")
-        return Reply(body=b"{}")
-
-    handler = compose([Gate("auth"), Gate("validate", sync=True), Tag("cost"), Gate("budget", refuse=True),
-                       Tag("cache")], endpoint)
+    handler = compose([Gate("auth"), Gate("validate", sync=True), Tag("cost", seen), Gate("budget", refuse=True),
+                       Tag("cache", seen)], recording_endpoint(seen))
     await handler(ChatCall(body={}, model="m", stream=False))
     assert seen == ["auth", "validate", "cost", "budget", "cache", "router", "after:cache", "after:cost"]
     seen.clear()

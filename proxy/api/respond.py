@@ -10,13 +10,11 @@ from proxy.api.http import CORS_HEADERS
 from proxy.context import ChatCall, Reply
 from proxy.errors import ProxyError
 
-CARRIED = ("x-ratelimit-",)      # headers a stage set that an error answer carries too
-
 
 def carry_headers(call: ChatCall, e: ProxyError) -> None:
-    """An error raised after the rate limit admitted the call still tells the client its limits."""
-    for k, v in call.response_headers.items():
-        if k.startswith(CARRIED):
+    """The headers a stage asked every answer to carry (`call.error_headers`) go on an error too."""
+    if call.error_headers:
+        for k, v in call.error_headers.items():
             e.headers.setdefault(k, v)
 
 

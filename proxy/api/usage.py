@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from typing import Any
 
 import orjson
@@ -23,6 +24,9 @@ from proxy.cost.prices import usd
 from proxy.errors import InvalidRequest, Unavailable
 from proxy.gateway import GATEWAY
 from proxy.store.usage import GROUPS, UsageEvent, UsageQuery, list_usage, summarize
+
+log = logging.getLogger("proxy.usage")
+FLUSH_WAIT = 2.0                               # seconds a read waits for the queued events to be written
 
 
 def event_json(e: UsageEvent) -> dict[str, Any]:
@@ -59,7 +63,12 @@ async def _caller(request: web.Request) -> tuple[Accounting, str | None]:
     acct = gw.accounting
     if acct is None:
         raise Unavailable("Usage accounting is not enabled (accounting.enabled and a ledger are needed).")
-    await acct.writer.flush()                  # include events still waiting for the batched writer
+    try:
+        await acct.writer.flush(FLUSH_WAIT)    # include events still waiting for the batched writer
+    except Exception as e:                     # the ledger (or the writer process) is not answering
+        log.warning("usage flush before a read failed: %s", type(e).__name__)
+        raise Unavailable("The usage ledger is not answering; try again shortly.",
+                          headers={"retry-after": "1"}) from None
     return acct, (None if who.is_master else who.id)
 
 

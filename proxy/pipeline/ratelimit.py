@@ -174,7 +174,7 @@ class RateLimitStage:
 
     def check(self, call: ChatCall) -> Awaitable[None] | None:
         """Every level in one atomic step. The x-ratelimit-* headers go on the answer, errors from
-        later stages included (the ingress copies them onto an error)."""
+        later stages included (`call.error_headers`)."""
         if not self.cfg.enabled:
             return None
         levels, token_model = self.levels_for(call)
@@ -196,6 +196,7 @@ class RateLimitStage:
         if not d.allowed:
             raise self._refusal(d, headers, tokens)
         call.response_headers.update(headers)
+        call.error_headers = headers               # an error from a later stage still tells the limits
         if settles and not d.degraded:
             call.on_finish(lambda c: self._settle(c, levels, lease, tokens))
 

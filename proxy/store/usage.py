@@ -199,8 +199,12 @@ class UsageWriter:
     def pending(self) -> int:
         return len(self._queue)
 
-    async def flush(self) -> None:
-        """Write everything queued now. Raises if the ledger refuses (the events stay queued)."""
+    async def flush(self, within: float | None = None) -> None:
+        """Write everything queued now. Raises if the ledger refuses or `within` seconds pass (the events
+        stay queued)."""
+        if within is not None:
+            await asyncio.wait_for(self.flush(), within)
+            return
         async with self._lock:
             # Only what is queued now: events arriving meanwhile wait for the next tick, so a steady
             # trickle becomes one transaction per tick instead of a busy loop of one-row commits.

@@ -37,7 +37,10 @@ _STAGE_TAIL = b"\x7a\x00" + _FLAGS_LOCAL             # a stage span: status unse
 _SMALL = [bytes((i,)) for i in range(128)]
 _MASK64 = (1 << 64) - 1
 _MEMO_LIMIT = 8192
-_UNIQUE = frozenset({"llm_service.request_id", "gen_ai.input.messages", "gen_ai.output.messages"})   # never memoised
+# Attributes that vary per request: never memoised (they would only churn the memo).
+_UNIQUE = frozenset({"llm_service.request_id", "gen_ai.input.messages", "gen_ai.output.messages",
+                     "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens",
+                     "gen_ai.usage.cache_read.input_tokens"})
 
 
 def varint(n: int) -> bytes:

@@ -4,9 +4,9 @@ The proxy records each sampled request as one compact `RequestTrace` (trace_reco
 call (`call.extras`), never through the ambient context, so a stream relayed after the handler returned
 still ends at the right time. A stage costs a timestamp appended to a list (no wrapper frame), an attempt
 one small struct; the spans, their attributes and the OTLP encoding are made in the exporter process
-(otlp_child.py), which gets the finished records in msgpack batches. Sampling is decided once per trace (parent-based, then a trace-id
-ratio like TraceIdRatioBased); an unsampled request records nothing. A slow or dead collector drops
-spans, never requests.
+(otlp_child.py), which gets the finished records in msgpack batches. Sampling is decided once per trace
+(parent-based, then a trace-id ratio like TraceIdRatioBased); an unsampled request records nothing. A
+slow or dead collector drops spans, never requests.
 """
 
 from __future__ import annotations
