@@ -5,10 +5,12 @@ As `make bench` runs it: the proxies (`llm-service serve`), the fake upstream, t
 load generator each in their own process, the same closed loop at concurrency 32 through the OpenAI
 adapter, non-streaming and streaming. A third scenario is harsher: the built-in mock provider, where the
 proxy does so little per request that tracing's share is largest. Two proxies run side by side, one
-with tracing and one without, and short runs alternate between them (`alternations` each, the traced
-one's exporter given time to drain after each of its runs), so the slow drifts of a shared machine hit
-both alike; the medians are compared. Besides requests/s it reports CPU per request: the proxy
-process's and the span exporter's. `python -m bench.tracing_bench [alternations]` prints the figures.
+with tracing and one without, and short runs alternate between them (`alternations` each, fewer for the
+mock; the traced one's exporter given time to drain after each of its runs), so the slow drifts of a
+shared machine hit both alike. It reports the drop of the medians and the paired drop: the median of
+each alternation's on/off ratio, the steadier figure on a noisy machine. Besides requests/s it reports
+CPU per request: the proxy process's and the span exporter's.
+`python -m bench.tracing_bench [alternations]` prints the figures.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from bench.load import run_load
 from bench.procs import MASTER, Proxy, cpu_seconds, fake_upstream, proxy, server
 from bench.procs import run as run_loop
 
-SECONDS = float(os.environ.get("BENCH_TRACING_SECONDS", "1"))
+SECONDS = float(os.environ.get("BENCH_TRACING_SECONDS", "0.5"))
 HEADERS = {"Authorization": f"Bearer {MASTER}", "Content-Type": "application/json"}
 MSG = [{"role": "user", "content": "Benchmark prompt: say a few words."}]
-SCENARIOS = (("nonstream_c32", "bench", False, 32), ("stream_c32", "bench", True, 32),
-             ("mock_nonstream_c32", "mock", False, 32))
+SCENARIOS = (("nonstream_c32", "bench", False, 32, 1.0), ("stream_c32", "bench", True, 32, 1.0),   # the last:
+             ("mock_nonstream_c32", "mock", False, 32, 0.6))                            # share of alternations
 DRAIN = 0.7                  # seconds after a traced run for its exporter to export what it was sent
 
 
@@ -83,16 +85,20 @@ async def _measure(alternations: int) -> dict[str, Any]:
         for px in (off, on):                       # the helper processes import their libraries first
             await run_load(px.url(), warm, HEADERS, 4, 0.5, False)
         await asyncio.sleep(1.0)
-        for name, model, stream, conc in SCENARIOS:
+        for name, model, stream, conc, share in SCENARIOS:
             body = orjson.dumps({"model": model, "messages": MSG, "stream": stream})
             runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-            for i in range(alternations):
+            for i in range(max(2, round(alternations * share))):
                 for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
                     px, x = (off, None) if mode == "off" else (on, exporter)
                     runs[mode].append(await _run(px, x, body, conc, stream))
             med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
             o, n = med["off"]["rps"], med["on"]["rps"]
+            # Paired: each alternation's two runs are seconds apart, so their ratio cancels the machine's drift.
+            paired = statistics.median(b["rps"] / a["rps"] for a, b in zip(runs["off"], runs["on"], strict=True)
+                                       if a["rps"])
             out["scenarios"][name] = {**med, "drop_pct": round(100 * (o - n) / o, 1) if o else None,
+                                      "paired_drop_pct": round(100 * (1 - paired), 1),
                                       "rps_off_runs": [r["rps"] for r in runs["off"]],
                                       "rps_on_runs": [r["rps"] for r in runs["on"]]}
         out["spans_dropped"] = await _spans_dropped(on.url("/metrics"))
@@ -111,11 +117,12 @@ async def _spans_dropped(url: str) -> float:
     return float("nan")
 
 
-def run(alternations: int = 4) -> dict[str, Any]:
+def run(alternations: int = 10) -> dict[str, Any]:
     r: dict[str, Any] = run_loop(_measure(alternations))
     for name, s in r["scenarios"].items():
         off, on = s["off"], s["on"]
-        print(f"  tracing {name:19s} off {off['rps']:8.1f} req/s | on {on['rps']:8.1f} req/s | drop {s['drop_pct']}% | "
+        print(f"  tracing {name:19s} off {off['rps']:8.1f} req/s | on {on['rps']:8.1f} req/s | drop {s['drop_pct']}% "
+              f"(paired {s['paired_drop_pct']}%) | "
               f"CPU/request: proxy {off['proxy_cpu_us']} -> {on['proxy_cpu_us']} us, exporter {on['exporter_cpu_us']} us"
               f" | runs off {s['rps_off_runs']} on {s['rps_on_runs']}", flush=True)
     print(f"  tracing spans dropped: {r['spans_dropped']}", flush=True)
@@ -123,4 +130,4 @@ def run(alternations: int = 4) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    run(int(sys.argv[1]) if len(sys.argv) > 1 else 4)
+    run(int(sys.argv[1]) if len(sys.argv) > 1 else 10)

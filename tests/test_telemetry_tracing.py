@@ -155,6 +155,27 @@ async def test_fallback_shows_two_attempt_spans(start_proxy, fake_openai, receiv
     assert fake_openai.headers[-1]["traceparent"].split("-")[2] == attempts[1].span_id
 
 
+async def test_the_span_count_handed_to_the_exporter_is_exact(start_proxy, fake_openai, receiver):
+    """Batches carry their span count (the exporter's bound and the dropped-spans metric use it
+    undecoded): it must match what reaches the collector, whatever path the requests took."""
+    server = await start_proxy(traced_config(receiver, fake_openai))
+    exporter = server.app[GATEWAY].telemetry.tracing.exporter
+    counted: list[int] = []
+    send = exporter.send
+    exporter.send = lambda traces, spans: (counted.append(spans), send(traces, spans))[1]
+    c = client(server)
+    await c.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "hi"}])   # 1 attempt
+    await c.chat.completions.create(model="fb", messages=[{"role": "user", "content": "hi"}])    # 2 attempts
+    stream = await c.chat.completions.create(model="mock", stream=True, messages=[{"role": "user", "content": "x"}])
+    _ = [chunk async for chunk in stream]
+    async with aiohttp.ClientSession() as s, s.post(server.make_url("/v1/chat/completions"), json={},
+                                                    headers={"Authorization": "Bearer sk-wrong-key-123"}) as r:
+        assert r.status == 401                                                                   # auth raised
+    await flush(server)
+    assert len({sp.trace_id for sp in receiver.spans}) == 4
+    assert sum(counted) == len(receiver.spans)
+
+
 async def test_retries_on_the_same_target_each_get_a_span(start_proxy, fake_openai, receiver):
     server = await start_proxy(traced_config(receiver, fake_openai, retries=1))
     await client(server).chat.completions.create(model="fb", messages=[{"role": "user", "content": "hi"}])
@@ -293,7 +314,10 @@ def test_trace_records_encode_to_the_bytes_of_their_spans():
               msgspec.structs.replace(base, trace_id="2" * 32, trace_state="", remote_parent=False, parent_id=0,
                                       marks=[4, 11, 5, 12], stage_error=(2, "invalid_api_key", "bad"), attempts=[],
                                       status=401, error="invalid_api_key", message=""),
-              msgspec.structs.replace(base, trace_id="3" * 32, marks=[4, 11, 2, 12], attempts=[])]   # still open
+              msgspec.structs.replace(base, trace_id="3" * 32, marks=[4, 11, 2, 12], attempts=[],   # still open
+                                      input_messages='[{"role":"user","content":"é"}]', output_messages="x" * 300,
+                                      usage=(300, 2**20, 0), ttft=None, cost=None, status=503, error="503",
+                                      message="upstream down")]
     from proxy.telemetry.otlp_export import wire_encoder
 
     def ids():
@@ -301,10 +325,14 @@ def test_trace_records_encode_to_the_bytes_of_their_spans():
         return lambda: next(n)
 
     direct = wire_encoder("svc").traces(traces, names, {"up": "openai"}, ids())
+    again = wire_encoder("svc").traces(traces, names, {"up": "openai"}, ids())      # memoised parts
     new_id = ids()
-    spans = [r for t in traces for r in to_spans(t, names, {"up": "openai"}, new_id)]
-    assert direct == encode_request(spans, "svc")
-    assert ExportTraceServiceRequest.FromString(direct) == encode_spans(readable_spans(spans, "svc"))
+    swapped = lambda: int.from_bytes(new_id().to_bytes(8, "little"), "big")  # noqa: E731  stage ids: little-endian
+    spans = [r for t in traces for r in to_spans(t, names, {"up": "openai"}, swapped)]
+    official = encode_spans(readable_spans(spans, "svc"))
+    assert ExportTraceServiceRequest.FromString(direct) == official == ExportTraceServiceRequest.FromString(again)
+    assert ExportTraceServiceRequest.FromString(encode_request(spans, "svc")) == official
+    assert len(direct) == len(official.SerializeToString())
     assert len(spans) == (1 + 3 + 2) + (1 + 1) + (1 + 2)
 
 

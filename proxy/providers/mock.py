@@ -16,10 +16,10 @@ import msgspec
 import orjson
 
 from proxy.config import ProviderConfig, Target
-from proxy.context import ChatCall, Usage, usage_from_openai
+from proxy.context import ChatCall, Usage
 from proxy.errors import UpstreamError
 from proxy.providers.base import WireRequest
-from proxy.providers.openai import PassthroughStream, openai_error, upstream_body
+from proxy.providers.openai import PassthroughStream, openai_error, read_answer, upstream_body
 from proxy.streaming.chunks import DONE, wants_usage
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
@@ -156,8 +156,7 @@ class MockProvider:
         return WireRequest(url="mock://local/chat/completions", body=orjson.dumps(body))
 
     def from_wire(self, status: int, body: bytes, call: ChatCall, target: Target) -> tuple[bytes, Usage]:
-        data = orjson.loads(body)
-        return body, usage_from_openai(data.get("usage")) or Usage(estimated=True)
+        return body, read_answer(orjson.loads(body), call)
 
     def error_from_wire(self, status: int, body: bytes, headers: Any) -> UpstreamError:
         return openai_error(self.config.name, status, body, headers)

@@ -39,6 +39,19 @@ def upstream_body(call: ChatCall, model: str) -> dict[str, Any]:
     return body
 
 
+def read_answer(data: dict[str, Any], call: ChatCall) -> Usage:
+    """An OpenAI chat answer's usage; its finish reasons and model go to `call.extras` for traces (read
+    here, where the body is parsed anyway, rather than by a scan of the bytes later)."""
+    choices = data.get("choices")
+    if isinstance(choices, list):
+        call.extras["finish_reasons"] = [r for c in choices if isinstance(c, dict)
+                                         and isinstance(r := c.get("finish_reason"), str)]
+    model = data.get("model")
+    if isinstance(model, str):
+        call.extras["response_model"] = model
+    return usage_from_openai(data.get("usage")) or Usage(estimated=True)
+
+
 class OpenAISettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stream_usage: bool = True      # ask the upstream for a usage chunk even when the client did not
     chat_path: str = "/chat/completions"
@@ -72,14 +85,7 @@ class OpenAIProvider:
             raise UpstreamError(f"provider '{self.config.name}' sent a body that is not JSON") from None
         if not isinstance(data, dict):
             return body, Usage(estimated=True)
-        choices = data.get("choices")
-        if isinstance(choices, list):             # for traces: read here, where the body is parsed anyway
-            call.extras["finish_reasons"] = [r for c in choices if isinstance(c, dict)
-                                             and isinstance(r := c.get("finish_reason"), str)]
-        model = data.get("model")
-        if isinstance(model, str):
-            call.extras["response_model"] = model
-        return body, usage_from_openai(data.get("usage")) or Usage(estimated=True)
+        return body, read_answer(data, call)
 
     def error_from_wire(self, status: int, body: bytes, headers: Any) -> UpstreamError:
         return openai_error(self.config.name, status, body, headers)

@@ -83,14 +83,12 @@ class Telemetry:
             except BaseException as e:
                 call.extras["error_code"] = _code(e)
                 if tracing is not None:
-                    tracing.pipeline_done(call, e)
+                    tracing.raised(call, e)
                 raise
             if tracing is not None:
-                tracing.pipeline_done(call, None)
+                tracing.returned(call, reply)
             if reply.chunks is not None and metrics is not None:
                 metrics.stream_started(call)
-            if tracing is not None:
-                tracing.watch(call, reply)
             return reply
 
         return run
@@ -144,10 +142,8 @@ class _Attempt:
     def __enter__(self) -> None:
         call, wire, tracing = self.call, self.wire, self.hook.tracing
         if tracing is not None:
-            self.span = tracing.start_attempt(call, self.target.provider, self.target.model)
+            self.span = tracing.start_attempt(call, self.target, wire)
             if self.span is not None:     # sampled; unsampled passes the client's context on as is
-                # A new dict: the provider's headers dict is shared by all its requests.
-                wire.headers = tracing.trace_headers(call, self.span, wire.headers)
                 return
         if "traceparent" in call.headers:     # tracing off: pass the client's trace context through
             wire.headers = {**wire.headers, **{h: call.headers[h] for h in TRACE_HEADERS if h in call.headers}}

@@ -3,8 +3,10 @@
 Filling the generated protobuf classes cost ~22 µs a request (8 spans) in the exporter process, its
 largest share of CPU. Our spans have a fixed shape (no events, links or dropped counts), so their
 `ExportTraceServiceRequest` is a few byte strings joined; the repeated parts (stage names, attribute
-pairs such as `gen_ai.operation.name=chat`) are encoded once and reused. A test holds the bytes equal to
-the official encoder's deterministic serialization.
+pairs such as `gen_ai.operation.name=chat`) are encoded once and reused. Spans of a trace record put
+those first and their ids and times after (protobuf reads fields in any order), so a stage span is four
+byte strings. Tests hold the result equal to the official encoder's, message for message, and the
+generic path (`request`) equal to its deterministic serialization byte for byte.
 """
 
 from __future__ import annotations
@@ -14,16 +16,14 @@ from typing import Any
 
 from proxy.telemetry.trace_record import (
     KIND_INTERNAL,
+    AttemptTrace,
     RequestTrace,
     SpanRecord,
     attempt_key,
-    attempt_span,
     attempt_static,
-    request_dynamic,
     request_key,
     request_static,
     stage_common,
-    stage_intervals,
     stage_span,
 )
 
@@ -34,7 +34,12 @@ _KINDS = (b"", b"\x30\x01", b"\x30\x02", b"\x30\x03")   # Span.kind (field 6): I
 _FLAGS_LOCAL = b"\x85\x01" + _I(0x100)              # Span.flags (field 16): HAS_IS_REMOTE
 _FLAGS_REMOTE = b"\x85\x01" + _I(0x300)             # ... | IS_REMOTE
 _STAGE_TAIL = b"\x7a\x00" + _FLAGS_LOCAL             # a stage span: status unset, parent local
+_STAGE_IDS = struct.Struct("<QBQBQ").pack           # a stage span's id (random: any byte order), start, end
+_STAGE_IDS_SIZE = struct.calcsize("<QBQBQ")
 _SMALL = [bytes((i,)) for i in range(128)]
+_FIELD2_SIZE = 4096
+_FIELD2 = [b"\x12" + bytes((i,)) if i < 128 else bytes((0x12, i & 0x7F | 0x80, i >> 7))   # ScopeSpans.spans
+           for i in range(_FIELD2_SIZE)]                                                   # tag and length
 _MASK64 = (1 << 64) - 1
 _MEMO_LIMIT = 8192
 # Attributes that vary per request: never memoised (they would only churn the memo).
@@ -84,6 +89,28 @@ def key_value(k: str, v: Any) -> bytes:
     return body if v is None else body + _ld(b"\x12", any_value(v))
 
 
+_INTS = [b"\x18" + bytes((i,)) for i in range(128)]      # AnyValue{int_value: i}
+
+
+def _int(v: int) -> bytes:
+    return _INTS[v] if 0 <= v < 128 else b"\x18" + varint(v & _MASK64)
+
+
+def _string(v: str) -> bytes:
+    b = v.encode()
+    return b"\x0a" + varint(len(b)) + b
+
+
+def _times(start: int, end: int) -> bytes:
+    """Span start_time (field 7) and end_time (8); a zero is left out, as protobuf leaves defaults out."""
+    if start and end:
+        return _TIMES(0x39, start, 0x41, end)
+    return (b"\x39" + _Q(start) if start else b"") + (b"\x41" + _Q(end) if end else b"")
+
+
+_Stages = tuple[list[str], list[bytes], dict[int, list[bytes]]]   # names, fixed fields, heads by length
+
+
 class WireEncoder:
     """Encodes batches of SpanRecords for one resource and scope; keeps its memo of repeated parts."""
 
@@ -92,9 +119,10 @@ class WireEncoder:
         self.scope = _ld(b"\x0a", _ld(b"\x0a", scope_name.encode()) + _ld(b"\x12", scope_version.encode()))
         self._attrs: dict[tuple[str, type, Any], bytes] = {}
         self._names: dict[str, bytes] = {}
-        self._heads: dict[tuple[str, ...], list[bytes]] = {}
+        self._heads: dict[tuple[str, ...], _Stages] = {}
         self._statics: dict[tuple[Any, ...], bytes] = {}
-        self._leads: dict[tuple[str, ...], dict[int, list[bytes]]] = {}
+        self._kv_heads: dict[tuple[str, int], bytes] = {}
+        self._plans: dict[tuple[int, ...], tuple[tuple[int, int, int], ...] | bool] = {}
 
     def _attribute(self, k: str, v: Any) -> bytes:
         """Span.attributes (field 9) entry; memoised for values that repeat across requests."""
@@ -163,85 +191,180 @@ class WireEncoder:
 
     def traces(self, traces: list[RequestTrace], stage_names: list[str], provider_types: dict[str, str],
                new_id: Any) -> bytes:
-        """The request of `to_spans` of each trace: the same bytes (a test holds them equal)."""
-        return self.wrap([self.trace_spans(t, stage_names, provider_types, new_id) for t in traces])
+        """The request of `to_spans` of each trace (a test holds them equal, field by field)."""
+        stages = self._stages(stage_names)
+        out: list[bytes] = []
+        for t in traces:
+            self.trace_spans(t, stages, provider_types, new_id, out)
+        return self.wrap(out)
 
     def wrap(self, spans: list[bytes]) -> bytes:
         """ExportTraceServiceRequest{resource_spans: [{resource, scope_spans: [{scope, spans}]}]} around
-        Span fields from trace_spans."""
-        scope_spans = _ld(b"\x12", self.scope + b"".join(spans))
-        return _ld(b"\x0a", self.resource + scope_spans)
-
-    def trace_spans(self, t: RequestTrace, stage_names: list[str], provider_types: dict[str, str],
-                    new_id: Any) -> bytes:
-        """One trace's Span fields, without a SpanRecord or an attribute dict for the spans every request
-        has: a stage span is a template and two timestamps, the request span its encoded repeating
-        attributes and a few of its own."""
-        spans: list[bytes] = []
-        add, span = spans.append, self.span
-        stage_heads = self._stage_heads(stage_names)
-        tid = bytes.fromhex(t.trace_id)
-        add(self._request(t, tid, provider_types))
-        pre = b"\x0a\x10" + tid + b"\x12\x08"
-        mid = ((_ld(b"\x1a", t.trace_state.encode()) if t.trace_state else b"") + b"\x22\x08" + _BE(t.span_id))
-        common: dict[str, Any] | None = None
-        err = t.stage_error[0] if t.stage_error is not None else -1
-        leads = self._leads.setdefault(tuple(stage_names), {})
-        lead = leads.get(len(mid))
-        if lead is None:                    # a stage span's length is fixed by its name and this: so is its head
-            lead = leads[len(mid)] = [b"\x12" + varint(len(pre) + 8 + len(mid) + len(h) + 18 + len(_STAGE_TAIL))
-                                      for h in stage_heads]
-        for k, start, end in stage_intervals(t):
-            if k == err or not (start and end) or not 0 <= k < len(stage_heads):
-                common = common or stage_common(t)
-                body = span(stage_span(t, k, start, end, stage_names, common, new_id), tid)
-                add(b"\x12" + varint(len(body)) + body)
-                continue
-            add(b"".join((lead[k], pre, _BE(new_id()), mid, stage_heads[k], _TIMES(0x39, start, 0x41, end),
-                          _STAGE_TAIL)))
-        for a in t.attempts:
-            body = span(attempt_span(t, a, provider_types, static=False), tid,
-                        self._static(attempt_key(t, a), attempt_static, t, a, provider_types))
-            add(b"\x12" + varint(len(body)) + body)
+        Span fields from trace_spans: the lengths summed, the bytes joined once (no copy per level)."""
+        n = len(self.scope) + sum(map(len, spans))
+        inner = self.resource + b"\x12" + varint(n)
+        spans[:0] = (b"\x0a", varint(len(inner) + n), inner, self.scope)
         return b"".join(spans)
 
-    def _request(self, t: RequestTrace, tid: bytes, provider_types: dict[str, str]) -> bytes:
-        """The request span's field, as span(request_span(t)) writes it, from `t` directly."""
-        parts = [b"\x0a\x10", tid, b"\x12\x08", _BE(t.span_id)]
+    def trace_spans(self, t: RequestTrace, stages: _Stages, provider_types: dict[str, str], new_id: Any,
+                    out: list[bytes]) -> None:
+        """One trace's Span fields, appended to `out`, without a SpanRecord or an attribute dict for the
+        spans every request has. Fields whose values repeat (name, kind, attributes, status) come first,
+        encoded once per distinct set; the ids and times after them (protobuf reads fields in any order)."""
+        tid = bytes.fromhex(t.trace_id)
+        sid = _BE(t.span_id)
+        # trace id, trace state, parent: what every child span of this trace starts with
+        ctx = b"\x0a\x10" + tid + (_ld(b"\x1a", t.trace_state.encode()) if t.trace_state else b"") + b"\x22\x08" + sid
+        out.append(self._request(t, tid, sid, provider_types))
+        names, tails, leads = stages
+        lead = leads.get(len(ctx))
+        if lead is None:                    # a stage span's length is fixed by its name and this: so is its head
+            lead = leads[len(ctx)] = [b"\x12" + varint(len(ctx) + len(tail) + _STAGE_IDS_SIZE) for tail in tails]
+        marks = t.marks
+        if t.stage_error is None:
+            codes = tuple(marks[::2])
+            plan = self._plans.get(codes)
+            if plan is None:
+                plan = self._plan(codes, len(tails))
+            if plan is not False:
+                end = t.end_ns
+                for k, i, j in plan:
+                    out += (lead[k], ctx, tails[k], _STAGE_IDS(new_id(), 0x39, marks[i], 0x41, marks[j] if j else end))
+                for a in t.attempts:
+                    out.append(self._attempt(t, a, ctx, provider_types))
+                return
+        err = t.stage_error[0] if t.stage_error is not None else -1
+        n = len(tails)
+        open_k, opened = -1, 0
+        pairs = iter(marks)
+        for code, at in zip(pairs, pairs, strict=False):    # stage_intervals, inline
+            if open_k >= 0:
+                if open_k == err or not (opened and at) or open_k >= n:
+                    out.append(self._stage(t, open_k, opened, at, tid, names, new_id))
+                else:
+                    out += (lead[open_k], ctx, tails[open_k], _STAGE_IDS(new_id(), 0x39, opened, 0x41, at))
+                open_k = -1
+            if code >= 0 and not code & 1:
+                open_k, opened = code >> 1, at
+        if open_k >= 0:
+            out.append(self._stage(t, open_k, opened, t.end_ns, tid, names, new_id))
+        for a in t.attempts:
+            out.append(self._attempt(t, a, ctx, provider_types))
+
+    def _plan(self, codes: tuple[int, ...], named: int) -> tuple[tuple[int, int, int], ...] | bool:
+        """stage_intervals for marks with these codes, as (stage, index of its start in the marks, index of
+        its end, 0: the request's end); False if a stage has no name (the generic way takes it)."""
+        plan: list[tuple[int, int, int]] = []
+        open_k, opened = -1, 0
+        for n, code in enumerate(codes):
+            if open_k >= 0:
+                plan.append((open_k, opened, 2 * n + 1))
+                open_k = -1
+            if code >= 0 and not code & 1:
+                open_k, opened = code >> 1, 2 * n + 1
+        if open_k >= 0:
+            plan.append((open_k, opened, 0))
+        if len(self._plans) >= _MEMO_LIMIT:
+            self._plans.clear()
+        out = self._plans[codes] = tuple(plan) if all(k < named for k, _, _ in plan) else False
+        return out
+
+    def _stage(self, t: RequestTrace, k: int, start: int, end: int, tid: bytes, stage_names: list[str],
+               new_id: Any) -> bytes:
+        """A stage span the template does not cover (it failed, is open, or has no name): the generic way,
+        its id's bytes in the template's order."""
+        def swapped() -> int:
+            return int.from_bytes(int(new_id()).to_bytes(8, "little"), "big")
+
+        body = self.span(stage_span(t, k, start, end, stage_names, stage_common(t), swapped), tid)
+        return b"\x12" + varint(len(body)) + body
+
+    def _kv(self, k: str, val: bytes) -> bytes:
+        """A Span.attributes field of key `k` and AnyValue bytes `val`: its head is memoised per key and
+        value length, so a per-request value (an id, a token count) costs two concatenations."""
+        n = len(val)
+        heads = self._kv_heads
+        head = heads.get((k, n))
+        if head is None:
+            if len(heads) >= _MEMO_LIMIT:
+                heads.clear()
+            key = _ld(b"\x0a", k.encode())
+            head = heads[(k, n)] = b"\x4a" + varint(len(key) + 1 + len(varint(n)) + n) + key + b"\x12" + varint(n)
+        return head + val
+
+    def _request(self, t: RequestTrace, tid: bytes, sid: bytes, provider_types: dict[str, str]) -> bytes:
+        """The request span's field: request_span(t)'s fields, from `t` directly."""
+        parts = [self._static((request_key(t), t.remote_parent, not t.message), self._request_static, t,
+                              provider_types),
+                 b"\x0a\x10", tid, b"\x12\x08", sid]
         if t.trace_state:
             parts.append(_ld(b"\x1a", t.trace_state.encode()))
         if t.parent_id:
             parts += (b"\x22\x08", _BE(t.parent_id))
-        parts += (self._name(f"{t.op} {t.model}"), _KINDS[2])
-        if t.start_ns and t.end_ns:
-            parts.append(_TIMES(0x39, t.start_ns, 0x41, t.end_ns))
-        else:
-            parts += ((b"\x39" + _Q(t.start_ns) if t.start_ns else b""), (b"\x41" + _Q(t.end_ns) if t.end_ns else b""))
-        parts.append(self._static(request_key(t), request_static, t, provider_types))
-        attribute = self._attribute
-        parts += [attribute(k, v) for k, v in request_dynamic(t).items()]
-        if t.message:
+        parts.append(_times(t.start_ns, t.end_ns))
+        kv = self._kv                                   # request_dynamic(t), in its order
+        parts.append(kv("llm_service.request_id", _string(t.request_id)))
+        u = t.usage
+        if u is not None:
+            parts += (kv("gen_ai.usage.input_tokens", _int(u[0])), kv("gen_ai.usage.output_tokens", _int(u[1])))
+            if u[2]:
+                parts.append(kv("gen_ai.usage.cache_read.input_tokens", _int(u[2])))
+        if t.ttft is not None:
+            parts.append(kv("gen_ai.response.time_to_first_chunk", any_value(t.ttft)))
+        if t.cost is not None:
+            parts.append(kv("llm_service.cost_usd", any_value(t.cost)))
+        if t.input_messages is not None:
+            parts.append(kv("gen_ai.input.messages", _string(t.input_messages)))
+        if t.output_messages:
+            parts.append(kv("gen_ai.output.messages", _string(t.output_messages)))
+        if t.message:                                   # the status: the memo holds an unset one
             parts.append(_ld(b"\x7a", _ld(b"\x12", t.message.encode()) + b"\x18\x02"))
-        else:
-            parts.append(b"\x7a\x00")
-        parts.append(_FLAGS_REMOTE if t.remote_parent else _FLAGS_LOCAL)
         body = b"".join(parts)
-        return b"\x12" + varint(len(body)) + body
+        n = len(body)
+        return (_FIELD2[n] if n < _FIELD2_SIZE else b"\x12" + varint(n)) + body
 
-    def _static(self, key: tuple[Any, ...], attrs: Any, *args: Any) -> bytes:
-        """The encoded attribute fields that `attrs(*args)` gives for `key`, encoded once per key."""
+    def _request_static(self, t: RequestTrace, provider_types: dict[str, str]) -> bytes:
+        """The request span's name, kind, repeating attributes, flags and (if it did not fail) status."""
+        attribute = self._attribute
+        return b"".join((self._name(f"{t.op} {t.model}"), _KINDS[2],
+                         *(attribute(k, v) for k, v in request_static(t, provider_types).items()),
+                         b"" if t.message else b"\x7a\x00", _FLAGS_REMOTE if t.remote_parent else _FLAGS_LOCAL))
+
+    def _attempt(self, t: RequestTrace, a: AttemptTrace, ctx: bytes, provider_types: dict[str, str]) -> bytes:
+        """An attempt span's field: attempt_span(t, a)'s fields; `ctx`: trace id, state and parent."""
+        parts = [self._static(attempt_key(t, a), self._attempt_static, t, a, provider_types), ctx,
+                 b"\x12\x08", _BE(a.span_id), _times(a.start_ns, a.end_ns or t.end_ns)]
+        if a.input_tokens >= 0:
+            kv = self._kv
+            parts += (kv("gen_ai.usage.input_tokens", _int(a.input_tokens)),
+                      kv("gen_ai.usage.output_tokens", _int(a.output_tokens)))
+        if a.error:
+            parts.append(_ld(b"\x7a", _ld(b"\x12", (a.message or a.error).encode()) + b"\x18\x02"))
+        body = b"".join(parts)
+        n = len(body)
+        return (_FIELD2[n] if n < _FIELD2_SIZE else b"\x12" + varint(n)) + body
+
+    def _attempt_static(self, t: RequestTrace, a: AttemptTrace, provider_types: dict[str, str]) -> bytes:
+        attribute = self._attribute
+        return b"".join((self._name(f"{t.op} {a.model}"), _KINDS[3],
+                         *(attribute(k, v) for k, v in attempt_static(t, a, provider_types).items()),
+                         b"" if a.error else b"\x7a\x00", _FLAGS_LOCAL))
+
+    def _static(self, key: Any, encode: Any, *args: Any) -> bytes:
+        """`encode(*args)`, the fields that repeat across requests, encoded once per `key`."""
         out = self._statics.get(key)
         if out is None:
             if len(self._statics) >= _MEMO_LIMIT:
                 self._statics.clear()
-            attribute = self._attribute
-            out = self._statics[key] = b"".join(attribute(k, v) for k, v in attrs(*args).items())
+            out = self._statics[key] = encode(*args)
         return out
 
-    def _stage_heads(self, names: list[str]) -> list[bytes]:
-        """Per stage: its name and kind fields (a stage span's only fixed part after the ids)."""
+    def _stages(self, names: list[str]) -> _Stages:
+        """The names; per stage its fixed fields (name, kind, status unset, flags, the span id's tag);
+        the memo of stage span heads by the length of their trace's context fields."""
         key = tuple(names)
-        heads = self._heads.get(key)
-        if heads is None:
-            heads = self._heads[key] = [self._name(n) + _KINDS[KIND_INTERNAL] for n in names]
-        return heads
+        stages = self._heads.get(key)
+        if stages is None:
+            tails = [self._name(n) + _KINDS[KIND_INTERNAL] + _STAGE_TAIL + b"\x12\x08" for n in names]
+            stages = self._heads[key] = (names, tails, {})
+        return stages

@@ -21,9 +21,11 @@ from typing import Any
 import msgspec
 import orjson
 
+from proxy.config import Target
 from proxy.context import ChatCall, Reply
 from proxy.errors import ProxyError
 from proxy.pipeline import Check, Handler, Stage
+from proxy.providers.base import WireRequest
 from proxy.telemetry import facts
 from proxy.telemetry.otlp_export import ExportSettings, make_exporter
 from proxy.telemetry.otlp_process import ExportProcess
@@ -38,6 +40,9 @@ DELAY = 0.5                      # seconds a finished request may wait for its b
 _ENCODE = msgspec.msgpack.Encoder().encode
 _REQUEST_ATTRS = (("max_tokens", "gen_ai.request.max_tokens"), ("temperature", "gen_ai.request.temperature"),
                   ("top_p", "gen_ai.request.top_p"))
+_REQUEST_KEYS = frozenset(k for k, _ in _REQUEST_ATTRS)
+_LOW64 = (1 << 64) - 1
+_OPERATIONS = facts.OPERATIONS.get
 
 __all__ = ["Tracing", "TracingSettings", "make_exporter", "parse_traceparent", "resolve"]
 
@@ -74,6 +79,7 @@ class Tracing:
         self._buffer: list[bytes] = []        # finished traces, msgpack-encoded at once (no live objects)
         self._spans = 0                        # spans in the buffer
         self._timer: asyncio.TimerHandle | None = None
+        self._wall = _wall_offset()              # unix ns minus monotonic ns: a request's start in unix ns
 
     @property
     def dropped(self) -> int:
@@ -84,7 +90,9 @@ class Tracing:
     def _finish(self, t: RequestTrace) -> None:
         buf = self._buffer
         buf.append(_ENCODE(t))
-        self._spans += 1 + len(t.attempts) + len(t.marks) // 2
+        marks = t.marks          # a stage span per mark, but QUIET, ROUTER and an end mark (always the last)
+        ends = 1 if marks and marks[-2] > 0 and marks[-2] & 1 else 0
+        self._spans += 1 + len(t.attempts) + len(marks) // 2 - marks.count(QUIET) - marks.count(ROUTER) - ends
         if len(buf) >= BATCH:
             self._hand_off()
         elif self._timer is None:
@@ -95,6 +103,7 @@ class Tracing:
             self._timer.cancel()
             self._timer = None
         batch, spans, self._buffer, self._spans = self._buffer, self._spans, [], 0
+        self._wall = _wall_offset()              # follows clock adjustments, at most DELAY late
         if batch:
             self.exporter.send(batch, spans)
 
@@ -104,45 +113,48 @@ class Tracing:
 
     # -- the request span ------------------------------------------------------------------------------
 
-    def _sample(self, call: ChatCall) -> tuple[str, int, bool, str] | None:
-        """(trace id, parent span id, remote parent, tracestate) when this request is sampled."""
+    def start_request(self, call: ChatCall) -> None:
+        """Sampling is decided here, once per trace: a client's traceparent decides (ParentBased), else the
+        new trace id's low 64 bits against the ratio (TraceIdRatioBased). Unsampled: nothing recorded."""
         header = call.headers.get("traceparent")
         parsed = parse_traceparent(header) if header else None
-        if parsed is not None:
-            if not parsed[2]:
-                return None            # ParentBased: the client's decision holds
-            return parsed[0], parsed[1], True, call.headers.get("tracestate", "").strip()
-        bits = getrandbits(128) or 1
-        if (bits & 0xFFFFFFFFFFFFFFFF) >= self._bound:
-            return None
-        return f"{bits:032x}", 0, False, ""
-
-    def start_request(self, call: ChatCall) -> None:
-        sampled = self._sample(call)
-        if sampled is None:
+        if parsed is None:
+            bits = getrandbits(128) or 1
+            if (bits & _LOW64) >= self._bound:
+                return
+            trace_id, parent_id, remote, state = bits.to_bytes(16, "big").hex(), 0, False, ""
+        elif not parsed[2]:
             return
-        trace_id, parent_id, remote, state = sampled
+        else:
+            trace_id, parent_id, remote, state = parsed[0], parsed[1], True, call.headers.get("tracestate", "").strip()
         body = call.body
         req: dict[str, Any] = {}
-        for key, attr in _REQUEST_ATTRS:
-            v = body.get(key)
-            if v is not None and v.__class__ in (int, float):
-                req[attr] = v
+        if not _REQUEST_KEYS.isdisjoint(body):
+            for key, attr in _REQUEST_ATTRS:
+                v = body.get(key)
+                if v is not None and v.__class__ in (int, float):
+                    req[attr] = v
         if call.stream:
             req["gen_ai.request.stream"] = True
             if TAP not in call.extras:
                 call.extras[TAP] = []   # the relay's tap: read once at the end, no wrapper on every chunk
         t = RequestTrace(trace_id, getrandbits(64) or 1, parent_id, remote, state,   # positional: cheaper
-                         time.time_ns() - int((time.monotonic() - call.started) * 1e9), facts.operation(call),
-                         call.model, call.request_id, call.ingress, req, [], None, [])
+                         self._wall + int(call.started * 1e9), _OPERATIONS(call.endpoint,
+                         call.endpoint), call.model, call.request_id, call.ingress, req, [], None, [])
         if self.record_content:
             t.input_messages = orjson.dumps(body.get("messages")).decode()[:CONTENT_LIMIT]
         call.extras[SPAN] = t
 
-    def watch(self, call: ChatCall, reply: Reply) -> None:
-        """Collect finish reasons and the response model from what goes out, by a byte scan."""
-        if SPAN not in call.extras:
+    def returned(self, call: ChatCall, reply: Reply) -> None:
+        """The pipeline answered: end the stage that answered itself (if no later stage or the router was
+        entered), and, unless the adapter read them off its parse, collect the finish reasons and the
+        response model from what goes out, by a byte scan."""
+        t: RequestTrace | None = call.extras.get(SPAN)
+        if t is None:
             return
+        marks = t.marks
+        if marks and marks[-2] >= 0 and not marks[-2] & 1:
+            marks += (marks[-2] + 1, time.time_ns())
         if reply.chunks is not None:
             if not call.attempts:        # not relayed from a provider (a cache replay): no tap, watch the chunks
                 reply.chunks = self._watch_stream(call, reply.chunks)
@@ -191,7 +203,6 @@ class Tracing:
             if self.record_content:
                 extras["otel.output"] = _stream_output(raw[:4 * CONTENT_LIMIT])
         t.end_ns = time.time_ns()
-        t.op, t.model = facts.operation(call), call.model
         status = t.status = o.status
         if status >= 400 or call.error:
             t.error = o.error_code or str(status)
@@ -203,9 +214,11 @@ class Tracing:
         u = call.usage
         if u is not None:
             t.usage = (u.prompt_tokens, u.completion_tokens, u.cached_tokens)
-        t.finish_reasons = facts.finish_reasons(call) or extras.get("otel.finish") or []
+        reasons = extras.get("finish_reasons")          # list[str], read by the adapter (read_answer)
+        t.finish_reasons = reasons if reasons.__class__ is list else extras.get("otel.finish") or []
         t.ttft, t.cost, t.cache, t.key_id = o.ttft, o.cost, o.cache, o.key_id
-        t.output_messages = extras.pop("otel.output", None)
+        if self.record_content:
+            t.output_messages = extras.pop("otel.output", None)
         self._finish(t)
 
     # -- stage and attempt spans -----------------------------------------------------------------------
@@ -268,46 +281,44 @@ class Tracing:
             return router(call)
         return enter_router
 
-    def pipeline_done(self, call: ChatCall, exc: BaseException | None) -> None:
-        """Ends a stage that answered or raised itself (no later stage or router was entered)."""
+    def raised(self, call: ChatCall, exc: BaseException) -> None:
+        """The pipeline raised: end the stage that raised (if no later stage or the router was entered)."""
         t: RequestTrace | None = call.extras.get(SPAN)
         if t is None or not t.marks:
             return
         last = t.marks[-2]
         if last >= 0 and last % 2 == 0:                 # a stage entered and nothing after it
             t.marks += (last + 1, time.time_ns())
-            if exc is not None and t.stage_error is None:
+            if t.stage_error is None:
                 code, message = error_of(exc)
                 t.stage_error = (last // 2, code, message)
 
-    def start_attempt(self, call: ChatCall, provider: str, model: str) -> AttemptTrace | None:
+    def start_attempt(self, call: ChatCall, target: Target, wire: WireRequest) -> AttemptTrace | None:
+        """The attempt's span, when the request is sampled; `wire` then carries W3C traceparent (and
+        tracestate) naming it, in a new headers dict (the provider's own is shared by all its requests)."""
         t: RequestTrace | None = call.extras.get(SPAN)
         if t is None:
             return None
-        a = AttemptTrace(getrandbits(64) or 1, time.time_ns(), provider, model, call.attempts)
+        a = AttemptTrace(getrandbits(64) or 1, time.time_ns(), target.provider, target.model, call.attempts)
         t.attempts.append(a)
-        return a
-
-    @staticmethod
-    def trace_headers(call: ChatCall, a: AttemptTrace, base: Mapping[str, str]) -> dict[str, str]:
-        """`base` (the provider's headers, shared: never changed) plus W3C traceparent (and tracestate)
-        naming the attempt's span, for the upstream request."""
-        t: RequestTrace = call.extras[SPAN]
-        headers = dict(base)
+        headers = dict(wire.headers)
         headers["traceparent"] = f"00-{t.trace_id}-{a.span_id:016x}-01"
         if t.trace_state:
             headers["tracestate"] = t.trace_state
-        return headers
+        wire.headers = headers
+        return a
 
     def end_attempt(self, a: AttemptTrace, call: ChatCall, exc: BaseException | None) -> None:
         if exc is not None:
             a.end_ns = time.time_ns()
             a.error, a.message = error_of(exc)
-            return
-        if call.stream:
+        elif call.stream:
             call.on_finish(lambda c: _end_streamed_attempt(a, c))     # after the last byte
-            return
-        _attempt_result(a, call)
+        else:
+            u = call.usage
+            if u is not None:
+                a.input_tokens, a.output_tokens = u.prompt_tokens, u.completion_tokens
+            a.end_ns = time.time_ns()
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -320,6 +331,10 @@ class Tracing:
         """Hand off the last batch; the exporter process exports it and exits."""
         self._hand_off()
         await self.exporter.close()
+
+
+def _wall_offset() -> int:
+    return time.time_ns() - time.monotonic_ns()
 
 
 def _end_streamed_attempt(a: AttemptTrace, call: ChatCall) -> None:
