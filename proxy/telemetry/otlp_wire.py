@@ -122,7 +122,7 @@ class WireEncoder:
         self._heads: dict[tuple[str, ...], _Stages] = {}
         self._statics: dict[tuple[Any, ...], bytes] = {}
         self._kv_heads: dict[tuple[str, int], bytes] = {}
-        self._plans: dict[tuple[int, ...], tuple[tuple[int, int, int], ...] | bool] = {}
+        self._plans: dict[tuple[int, ...], tuple[tuple[int, int, int], ...] | None] = {}
 
     def _attribute(self, k: str, v: Any) -> bytes:
         """Span.attributes (field 9) entry; memoised for values that repeat across requests."""
@@ -224,9 +224,9 @@ class WireEncoder:
         if t.stage_error is None:
             codes = tuple(marks[::2])
             plan = self._plans.get(codes)
-            if plan is None:
+            if plan is None and codes not in self._plans:
                 plan = self._plan(codes, len(tails))
-            if plan is not False:
+            if plan is not None:
                 end = t.end_ns
                 for k, i, j in plan:
                     out += (lead[k], ctx, tails[k], _STAGE_IDS(new_id(), 0x39, marks[i], 0x41, marks[j] if j else end))
@@ -251,9 +251,9 @@ class WireEncoder:
         for a in t.attempts:
             out.append(self._attempt(t, a, ctx, provider_types))
 
-    def _plan(self, codes: tuple[int, ...], named: int) -> tuple[tuple[int, int, int], ...] | bool:
+    def _plan(self, codes: tuple[int, ...], named: int) -> tuple[tuple[int, int, int], ...] | None:
         """stage_intervals for marks with these codes, as (stage, index of its start in the marks, index of
-        its end, 0: the request's end); False if a stage has no name (the generic way takes it)."""
+        its end, 0: the request's end); None if a stage has no name (the generic way takes it)."""
         plan: list[tuple[int, int, int]] = []
         open_k, opened = -1, 0
         for n, code in enumerate(codes):
@@ -266,7 +266,7 @@ class WireEncoder:
             plan.append((open_k, opened, 0))
         if len(self._plans) >= _MEMO_LIMIT:
             self._plans.clear()
-        out = self._plans[codes] = tuple(plan) if all(k < named for k, _, _ in plan) else False
+        out = self._plans[codes] = tuple(plan) if all(k < named for k, _, _ in plan) else None
         return out
 
     def _stage(self, t: RequestTrace, k: int, start: int, end: int, tid: bytes, stage_names: list[str],

@@ -214,8 +214,8 @@ class Tracing:
         u = call.usage
         if u is not None:
             t.usage = (u.prompt_tokens, u.completion_tokens, u.cached_tokens)
-        reasons = extras.get("finish_reasons")          # list[str], read by the adapter (read_answer)
-        t.finish_reasons = reasons if reasons.__class__ is list else extras.get("otel.finish") or []
+        read = extras.get("finish_reasons")             # list[str], read by the adapter (read_answer)
+        t.finish_reasons = read if isinstance(read, list) else extras.get("otel.finish") or []
         t.ttft, t.cost, t.cache, t.key_id = o.ttft, o.cost, o.cache, o.key_id
         if self.record_content:
             t.output_messages = extras.pop("otel.output", None)
