@@ -9,7 +9,8 @@ with tracing and one without, and short runs alternate between them (`alternatio
 mock; the traced one's exporter given time to drain after each of its runs), so the slow drifts of a
 shared machine hit both alike. It reports the drop of the medians and the paired drop: the median of
 each alternation's on/off ratio, the steadier figure on a noisy machine. Besides requests/s it reports
-CPU per request: the proxy process's and the span exporter's.
+CPU per request: the proxy process's and the span exporter's. Last, a few seconds of uninterrupted load
+on the traced proxy show whether its exporter (at the lowest CPU priority) keeps up: spans dropped.
 `python -m bench.tracing_bench [alternations]` prints the figures.
 """
 
@@ -34,6 +35,7 @@ HEADERS = {"Authorization": f"Bearer {MASTER}", "Content-Type": "application/jso
 MSG = [{"role": "user", "content": "Benchmark prompt: say a few words."}]
 SCENARIOS = (("nonstream_c32", "bench", False, 32, 1.0), ("stream_c32", "bench", True, 32, 1.0),   # the last:
              ("mock_nonstream_c32", "mock", False, 32, 0.6))                            # share of alternations
+SUSTAINED = 4.0              # seconds of uninterrupted load on the traced proxy, at the end
 DRAIN = 0.7                  # seconds after a traced run for its exporter to export what it was sent
 
 
@@ -102,6 +104,14 @@ async def _measure(alternations: int) -> dict[str, Any]:
                                       "rps_off_runs": [r["rps"] for r in runs["off"]],
                                       "rps_on_runs": [r["rps"] for r in runs["on"]]}
         out["spans_dropped"] = await _spans_dropped(on.url("/metrics"))
+        # Sustained: the exporter runs at nice 19, on CPU the proxy leaves idle. Does it keep up when the
+        # load does not pause? SUSTAINED s of the mock at concurrency 32 make more spans than its backlog
+        # holds, so a falling-behind exporter would drop some.
+        body = orjson.dumps({"model": "mock", "messages": MSG})
+        res = await run_load(on.url(), body, HEADERS, 32, SUSTAINED, False, warmup=0.0)
+        await asyncio.sleep(DRAIN)
+        out["sustained"] = {"seconds": SUSTAINED, "requests": len(res.latencies), "rps": round(res.rps, 1),
+                            "spans_dropped": await _spans_dropped(on.url("/metrics")) - out["spans_dropped"]}
     return out
 
 
@@ -125,7 +135,9 @@ def run(alternations: int = 10) -> dict[str, Any]:
               f"(paired {s['paired_drop_pct']}%) | "
               f"CPU/request: proxy {off['proxy_cpu_us']} -> {on['proxy_cpu_us']} us, exporter {on['exporter_cpu_us']} us"
               f" | runs off {s['rps_off_runs']} on {s['rps_on_runs']}", flush=True)
-    print(f"  tracing spans dropped: {r['spans_dropped']}", flush=True)
+    sus = r["sustained"]
+    print(f"  tracing spans dropped: {r['spans_dropped']}; then {sus['seconds']:g} s sustained (mock, c32): "
+          f"{sus['requests']} requests at {sus['rps']} req/s, {sus['spans_dropped']} spans dropped", flush=True)
     return r
 
 
