@@ -103,7 +103,6 @@ class Tracing:
             self._timer.cancel()
             self._timer = None
         batch, spans, self._buffer, self._spans = self._buffer, self._spans, [], 0
-        self._wall = _wall_offset()              # follows clock adjustments, at most DELAY late
         if batch:
             self.exporter.send(batch, spans)
 
@@ -127,6 +126,8 @@ class Tracing:
             return
         else:
             trace_id, parent_id, remote, state = parsed[0], parsed[1], True, call.headers.get("tracestate", "").strip()
+        if not self._buffer:                     # the first since a hand-off (or since idle): a fresh offset
+            self._wall = _wall_offset()
         body = call.body
         req: dict[str, Any] = {}
         if not _REQUEST_KEYS.isdisjoint(body):
