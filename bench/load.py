@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -37,7 +38,9 @@ class Result:
 
 
 async def run_load(url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float,
-                   stream: bool, warmup: float = 0.5, expect: int = 200) -> Result:
+                   stream: bool, warmup: float = 0.5, expect: int = 200,
+                   on_start: Callable[[], None] | None = None) -> Result:
+    """`on_start`: called when the warm-up ends and recording begins (e.g. to read CPU counters)."""
     res = Result()
     connector = aiohttp.TCPConnector(limit=concurrency + 4)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -72,6 +75,8 @@ async def run_load(url: str, body: bytes, headers: dict[str, str], concurrency: 
         stop_at = time.perf_counter() + warmup
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         recording = True
+        if on_start is not None:
+            on_start()
         start = time.perf_counter()
         stop_at = start + seconds
         await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -6,8 +6,10 @@ load generator each in their own process, the same closed loop at concurrency 32
 adapter, non-streaming and streaming. A third scenario is harsher: the built-in mock provider, where the
 proxy does so little per request that tracing's share is largest. Two proxies run side by side, one
 with tracing and one without, and short runs alternate between them (`alternations` each, fewer for the
-mock; the traced one's exporter given time to drain after each of its runs), so the slow drifts of a
-shared machine hit both alike. It reports the drop of the medians and the paired drop: the median of
+mock), so the slow drifts of a shared machine hit both alike. Each run is measured after WARMUP s of
+load, when the traced proxy hands off and its exporter exports as steadily as under lasting load (a run
+from idle would leave most of the exporter's work after its window); the exporter drains before the
+other proxy's run. It reports the drop of the medians and the paired drop: the median of
 each alternation's on/off ratio, the steadier figure on a noisy machine. Besides requests/s it reports
 CPU per request: the proxy process's and the span exporter's. Last, a few seconds of uninterrupted load
 on the traced proxy show whether its exporter (at the lowest CPU priority) keeps up: spans dropped.
@@ -36,6 +38,7 @@ MSG = [{"role": "user", "content": "Benchmark prompt: say a few words."}]
 SCENARIOS = (("nonstream_c32", "bench", False, 32, 1.0), ("stream_c32", "bench", True, 32, 1.0),   # the last:
              ("mock_nonstream_c32", "mock", False, 32, 0.6))                            # share of alternations
 SUSTAINED = 4.0              # seconds of uninterrupted load on the traced proxy, at the end
+WARMUP = 1.0                 # seconds of load before each measured run (two hand-offs at least)
 DRAIN = 0.7                  # seconds after a traced run for its exporter to export what it was sent
 
 
@@ -67,13 +70,20 @@ def _config(up_port: int, sink: int | None) -> dict[str, Any]:
 
 
 async def _run(px: Proxy, exporter: int | None, body: bytes, conc: int, stream: bool) -> dict[str, Any]:
-    p0, x0 = cpu_seconds(px.proc.pid), cpu_seconds(exporter) if exporter else 0.0
-    res = await run_load(px.url(), body, HEADERS, conc, SECONDS, stream, warmup=0.2)
-    p1 = cpu_seconds(px.proc.pid)
+    """WARMUP s of load first, so the traced proxy's hand-offs and its exporter's exports are in their
+    steady state when the measured SECONDS begin: the exporter's work falls inside the window, not
+    after it. CPU is read over the window alone."""
+    at: dict[str, float] = {}
+
+    def started() -> None:
+        at["p"], at["x"] = cpu_seconds(px.proc.pid), cpu_seconds(exporter) if exporter else 0.0
+
+    res = await run_load(px.url(), body, HEADERS, conc, SECONDS, stream, warmup=WARMUP, on_start=started)
+    p1, x1 = cpu_seconds(px.proc.pid), cpu_seconds(exporter) if exporter else 0.0
     if exporter:
-        await asyncio.sleep(DRAIN)                 # its exporter's work for this run counts too
-    x1 = cpu_seconds(exporter) if exporter else 0.0
-    done = max(1, len(res.latencies) + res.errors)  # warm-up requests are in the CPU too: a bound
+        await asyncio.sleep(DRAIN)                 # its exporter's tail, before the other proxy's run
+    p0, x0 = at["p"], at["x"]
+    done = max(1, len(res.latencies) + res.errors)
     return {"rps": round(res.rps, 1), "p50_ms": round(res.pct(res.latencies, 0.5), 3), "errors": res.errors,
             "proxy_cpu_us": round((p1 - p0) / done * 1e6), "exporter_cpu_us": round((x1 - x0) / done * 1e6)}
 
@@ -127,7 +137,7 @@ async def _spans_dropped(url: str) -> float:
     return float("nan")
 
 
-def run(alternations: int = 10) -> dict[str, Any]:
+def run(alternations: int = 8) -> dict[str, Any]:
     r: dict[str, Any] = run_loop(_measure(alternations))
     for name, s in r["scenarios"].items():
         off, on = s["off"], s["on"]
@@ -142,4 +152,4 @@ def run(alternations: int = 10) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    run(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
+    run(int(sys.argv[1]) if len(sys.argv) > 1 else 8)
