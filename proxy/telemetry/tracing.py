@@ -139,9 +139,10 @@ class Tracing:
             req["gen_ai.request.stream"] = True
             if TAP not in call.extras:
                 call.extras[TAP] = []   # the relay's tap: read once at the end, no wrapper on every chunk
+        op = _OPERATIONS(call.endpoint, call.endpoint)
         t = RequestTrace(trace_id, getrandbits(64) or 1, parent_id, remote, state,   # positional: cheaper
-                         self._wall + int(call.started * 1e9), _OPERATIONS(call.endpoint,
-                         call.endpoint), call.model, call.request_id, call.ingress, req, [], None, [])
+                         self._wall + int(call.started * 1e9), op, call.model, call.request_id, call.ingress,
+                         req, [], None, [])
         if self.record_content:
             t.input_messages = orjson.dumps(body.get("messages")).decode()[:CONTENT_LIMIT]
         call.extras[SPAN] = t
