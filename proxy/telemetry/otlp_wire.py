@@ -24,6 +24,7 @@ from proxy.telemetry.trace_record import (
     request_key,
     request_static,
     stage_common,
+    stage_plan,
     stage_span,
 )
 
@@ -122,7 +123,7 @@ class WireEncoder:
         self._heads: dict[tuple[str, ...], _Stages] = {}
         self._statics: dict[tuple[Any, ...], bytes] = {}
         self._kv_heads: dict[tuple[str, int], bytes] = {}
-        self._plans: dict[tuple[int, ...], tuple[tuple[int, int, int], ...] | None] = {}
+        self._plans: dict[tuple[int, ...], tuple[tuple[int, int, int], ...]] = {}
 
     def _attribute(self, k: str, v: Any) -> bytes:
         """Span.attributes (field 9) entry; memoised for values that repeat across requests."""
@@ -156,8 +157,7 @@ class WireEncoder:
         if name is None:
             name = self._name(r.name)
         kind = _KINDS[r.kind] if 0 < r.kind < len(_KINDS) else (b"\x30" + varint(r.kind) if r.kind else b"")
-        times = _TIMES(0x39, r.start_ns, 0x41, r.end_ns) if r.start_ns and r.end_ns else (
-            (b"\x39" + _Q(r.start_ns) if r.start_ns else b"") + (b"\x41" + _Q(r.end_ns) if r.end_ns else b""))
+        times = _times(r.start_ns, r.end_ns)
         flags = _FLAGS_REMOTE if r.remote_parent else _FLAGS_LOCAL
         if not r.attributes and not r.status and not encoded:     # a plain span: no lists
             return b"".join((head, name, kind, times, b"\x7a\x00", flags))
@@ -221,58 +221,27 @@ class WireEncoder:
         if lead is None:                    # a stage span's length is fixed by its name and this: so is its head
             lead = leads[len(ctx)] = [b"\x12" + varint(len(ctx) + len(tail) + _STAGE_IDS_SIZE) for tail in tails]
         marks = t.marks
-        if t.stage_error is None:
-            codes = tuple(marks[::2])
-            plan = self._plans.get(codes)
-            if plan is None and codes not in self._plans:
-                plan = self._plan(codes, len(tails))
-            if plan is not None:
-                end = t.end_ns
-                for k, i, j in plan:
-                    out += (lead[k], ctx, tails[k], _STAGE_IDS(new_id(), 0x39, marks[i], 0x41, marks[j] if j else end))
-                for a in t.attempts:
-                    out.append(self._attempt(t, a, ctx, provider_types))
-                return
+        codes = tuple(marks[::2])
+        plan = self._plans.get(codes)
+        if plan is None:
+            if len(self._plans) >= _MEMO_LIMIT:
+                self._plans.clear()
+            plan = self._plans[codes] = stage_plan(codes)
         err = t.stage_error[0] if t.stage_error is not None else -1
-        n = len(tails)
-        open_k, opened = -1, 0
-        pairs = iter(marks)
-        for code, at in zip(pairs, pairs, strict=False):    # stage_intervals, inline
-            if open_k >= 0:
-                if open_k == err or not (opened and at) or open_k >= n:
-                    out.append(self._stage(t, open_k, opened, at, tid, names, new_id))
-                else:
-                    out += (lead[open_k], ctx, tails[open_k], _STAGE_IDS(new_id(), 0x39, opened, 0x41, at))
-                open_k = -1
-            if code >= 0 and not code & 1:
-                open_k, opened = code >> 1, at
-        if open_k >= 0:
-            out.append(self._stage(t, open_k, opened, t.end_ns, tid, names, new_id))
+        named = len(tails)
+        for k, i, j in plan:
+            start, end = marks[i], marks[j] if j else t.end_ns
+            if k == err or k >= named:          # it failed, or has no name: the generic way
+                out.append(self._stage(t, k, start, end, tid, names, new_id))
+            else:
+                out += (lead[k], ctx, tails[k], _STAGE_IDS(new_id(), 0x39, start, 0x41, end))
         for a in t.attempts:
             out.append(self._attempt(t, a, ctx, provider_types))
 
-    def _plan(self, codes: tuple[int, ...], named: int) -> tuple[tuple[int, int, int], ...] | None:
-        """stage_intervals for marks with these codes, as (stage, index of its start in the marks, index of
-        its end, 0: the request's end); None if a stage has no name (the generic way takes it)."""
-        plan: list[tuple[int, int, int]] = []
-        open_k, opened = -1, 0
-        for n, code in enumerate(codes):
-            if open_k >= 0:
-                plan.append((open_k, opened, 2 * n + 1))
-                open_k = -1
-            if code >= 0 and not code & 1:
-                open_k, opened = code >> 1, 2 * n + 1
-        if open_k >= 0:
-            plan.append((open_k, opened, 0))
-        if len(self._plans) >= _MEMO_LIMIT:
-            self._plans.clear()
-        out = self._plans[codes] = tuple(plan) if all(k < named for k, _, _ in plan) else None
-        return out
-
     def _stage(self, t: RequestTrace, k: int, start: int, end: int, tid: bytes, stage_names: list[str],
                new_id: Any) -> bytes:
-        """A stage span the template does not cover (it failed, is open, or has no name): the generic way,
-        its id's bytes in the template's order."""
+        """A stage span the template does not cover (it failed, or has no name): the generic way, its id's
+        bytes in the template's order."""
         def swapped() -> int:
             return int.from_bytes(int(new_id()).to_bytes(8, "little"), "big")
 

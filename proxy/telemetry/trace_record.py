@@ -86,22 +86,28 @@ class RequestTrace(msgspec.Struct, array_like=True):
     output_messages: str | None = None
 
 
-def stage_intervals(t: RequestTrace) -> list[tuple[int, int, int]]:
-    """(stage, start, end) of every stage span, from the marks: a stage ends when the next stage or the
-    router is entered, or when it ended without handing on; one still open ends with the request."""
-    out: list[tuple[int, int, int]] = []
-    marks = t.marks
+def stage_plan(codes: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
+    """Where the stage spans are in marks with these codes (the marks' even entries): (stage, index of its
+    start time, index of its end time, or 0 when it ends with the request). A stage ends when the next
+    stage or the router is entered, or when it ended without handing on; one still open ends with the
+    request. The same codes recur request after request, so the exporter memoises this."""
+    plan: list[tuple[int, int, int]] = []
     open_stage, opened = -1, 0
-    for i in range(0, len(marks) - 1, 2):
-        code, at = marks[i], marks[i + 1]
+    for n, code in enumerate(codes):
         if open_stage >= 0:
-            out.append((open_stage, opened, at))
+            plan.append((open_stage, opened, 2 * n + 1))
             open_stage = -1
-        if code >= 0 and code % 2 == 0:
-            open_stage, opened = code // 2, at
+        if code >= 0 and not code & 1:
+            open_stage, opened = code >> 1, 2 * n + 1
     if open_stage >= 0:
-        out.append((open_stage, opened, t.end_ns))
-    return out
+        plan.append((open_stage, opened, 0))
+    return tuple(plan)
+
+
+def stage_intervals(t: RequestTrace) -> list[tuple[int, int, int]]:
+    """(stage, start, end) of every stage span, from the marks."""
+    marks = t.marks
+    return [(k, marks[i], marks[j] if j else t.end_ns) for k, i, j in stage_plan(tuple(marks[::2]))]
 
 
 def to_spans(t: RequestTrace, stage_names: list[str], provider_types: dict[str, str],

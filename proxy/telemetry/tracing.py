@@ -317,10 +317,7 @@ class Tracing:
         elif call.stream:
             call.on_finish(lambda c: _end_streamed_attempt(a, c))     # after the last byte
         else:
-            u = call.usage
-            if u is not None:
-                a.input_tokens, a.output_tokens = u.prompt_tokens, u.completion_tokens
-            a.end_ns = time.time_ns()
+            _attempt_result(a, call)
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
