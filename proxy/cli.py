@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import secrets
 import signal
@@ -13,6 +14,8 @@ import msgspec
 
 from proxy import __version__
 from proxy.config import Config, ConfigError, load
+
+GC_YOUNG = 10_000            # allocations between young collections (CPython's default: 700), see settle_gc
 
 
 def _load_or_exit(path: str) -> Config:
@@ -69,6 +72,7 @@ async def serve(cfg: Config) -> None:
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=1024)
     await site.start()
+    settle_gc()
     print(f"llm-service {__version__} listening on http://{cfg.server.host}:{cfg.server.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -84,6 +88,17 @@ async def serve(cfg: Config) -> None:
     while gw.inflight > 0 and loop.time() < deadline:  # noqa: ASYNC110 - a poll keeps the hot path free of events
         await asyncio.sleep(0.05)
     await runner.cleanup()
+
+
+def settle_gc() -> None:
+    """Once the server is up: what start-up made (modules, config, the app, its pools) moves to the
+    permanent generation, and young collections wait for GC_YOUNG objects instead of 700. A request's
+    objects are freed by reference counting; the cyclic collector mostly re-walked the coroutines of the
+    requests in flight: at concurrency 32 it cost ~14 µs a request (6% of the proxy's CPU), now under 1.
+    Resident memory under sustained load stays as it was (~50 MB): requests leave little cyclic garbage."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, 20, 20)
 
 
 def main(argv: list[str] | None = None) -> int:

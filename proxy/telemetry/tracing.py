@@ -29,7 +29,7 @@ from proxy.providers.base import WireRequest
 from proxy.telemetry import facts
 from proxy.telemetry.otlp_export import ExportSettings, make_exporter
 from proxy.telemetry.otlp_process import ExportProcess
-from proxy.telemetry.trace_record import QUIET, ROUTER, AttemptTrace, RequestTrace
+from proxy.telemetry.trace_record import QUIET, ROUTER, AttemptTrace, RequestTrace, stage_plan
 from proxy.telemetry.trace_settings import TracingSettings, parse_traceparent, resolve
 
 SPAN = "otel.span"
@@ -78,6 +78,7 @@ class Tracing:
         self.record_content = settings.record_content
         self._buffer: list[bytes] = []        # finished traces, msgpack-encoded at once (no live objects)
         self._spans = 0                        # spans in the buffer
+        self._stage_spans: dict[tuple[int, ...], int] = {}     # stage spans by the marks' codes
         self._timer: asyncio.TimerHandle | None = None
         self._wall = _wall_offset()              # unix ns minus monotonic ns: a request's start in unix ns
 
@@ -90,9 +91,13 @@ class Tracing:
     def _finish(self, t: RequestTrace) -> None:
         buf = self._buffer
         buf.append(_ENCODE(t))
-        marks = t.marks          # a stage span per mark, but QUIET, ROUTER and an end mark (always the last)
-        ends = 1 if marks and marks[-2] > 0 and marks[-2] & 1 else 0
-        self._spans += 1 + len(t.attempts) + len(marks) // 2 - marks.count(QUIET) - marks.count(ROUTER) - ends
+        codes = tuple(t.marks[::2])       # the same few sequences recur: their stage span counts are memoised
+        stages = self._stage_spans.get(codes)
+        if stages is None:
+            if len(self._stage_spans) >= 256:
+                self._stage_spans.clear()
+            stages = self._stage_spans[codes] = len(stage_plan(codes))
+        self._spans += 1 + len(t.attempts) + stages
         if len(buf) >= BATCH:
             self._hand_off()
         elif self._timer is None:
