@@ -123,6 +123,8 @@ class WireEncoder:
         self._heads: dict[tuple[str, ...], _Stages] = {}
         self._statics: dict[tuple[Any, ...], bytes] = {}
         self._kv_heads: dict[tuple[str, int], bytes] = {}
+        self._kv_string_heads: dict[tuple[str, int], bytes] = {}
+        self._token_heads: dict[tuple[int, int], tuple[bytes, bytes]] = {}
         self._plans: dict[tuple[int, ...], tuple[tuple[int, int, int], ...]] = {}
 
     def _attribute(self, k: str, v: Any) -> bytes:
@@ -263,19 +265,22 @@ class WireEncoder:
 
     def _request(self, t: RequestTrace, tid: bytes, sid: bytes, provider_types: dict[str, str]) -> bytes:
         """The request span's field: request_span(t)'s fields, from `t` directly."""
-        parts = [self._static((request_key(t), t.remote_parent, not t.message), self._request_static, t,
-                              provider_types),
-                 b"\x0a\x10", tid, b"\x12\x08", sid]
+        key = (request_key(t), t.remote_parent, not t.message)
+        static = self._statics.get(key)
+        if static is None:
+            static = self._static(key, self._request_static, t, provider_types)
+        parts = [static, b"\x0a\x10", tid, b"\x12\x08", sid]
         if t.trace_state:
             parts.append(_ld(b"\x1a", t.trace_state.encode()))
         if t.parent_id:
             parts += (b"\x22\x08", _BE(t.parent_id))
-        parts.append(_times(t.start_ns, t.end_ns))
+        start, end = t.start_ns, t.end_ns
+        parts.append(_TIMES(0x39, start, 0x41, end) if start and end else _times(start, end))
         kv = self._kv                                   # request_dynamic(t), in its order
-        parts.append(kv("llm_service.request_id", _string(t.request_id)))
+        parts.append(self._kv_string("llm_service.request_id", t.request_id))
         u = t.usage
         if u is not None:
-            parts += (kv("gen_ai.usage.input_tokens", _int(u[0])), kv("gen_ai.usage.output_tokens", _int(u[1])))
+            parts.append(self._tokens(u[0], u[1]))
             if u[2]:
                 parts.append(kv("gen_ai.usage.cache_read.input_tokens", _int(u[2])))
         if t.ttft is not None:
@@ -283,14 +288,38 @@ class WireEncoder:
         if t.cost is not None:
             parts.append(kv("llm_service.cost_usd", any_value(t.cost)))
         if t.input_messages is not None:
-            parts.append(kv("gen_ai.input.messages", _string(t.input_messages)))
+            parts.append(self._kv_string("gen_ai.input.messages", t.input_messages))
         if t.output_messages:
-            parts.append(kv("gen_ai.output.messages", _string(t.output_messages)))
+            parts.append(self._kv_string("gen_ai.output.messages", t.output_messages))
         if t.message:                                   # the status: the memo holds an unset one
             parts.append(_ld(b"\x7a", _ld(b"\x12", t.message.encode()) + b"\x18\x02"))
         body = b"".join(parts)
         n = len(body)
         return (_FIELD2[n] if n < _FIELD2_SIZE else b"\x12" + varint(n)) + body
+
+    def _kv_string(self, k: str, v: str) -> bytes:
+        """`_kv(k, _string(v))` in one step: the head memo holds the value's tag and length too."""
+        b = v.encode()
+        n = len(b)
+        heads = self._kv_string_heads
+        head = heads.get((k, n))
+        if head is None:
+            if len(heads) >= _MEMO_LIMIT:
+                heads.clear()
+            field = self._kv(k, b"\x0a" + varint(n) + b)
+            head = heads[(k, n)] = field[:len(field) - n]
+        return head + b
+
+    def _tokens(self, i: int, o: int) -> bytes:
+        """The gen_ai.usage.input_tokens and output_tokens attributes: their heads memoised per value length."""
+        vi = _INTS[i] if 0 <= i < 128 else b"\x18" + varint(i & _MASK64)
+        vo = _INTS[o] if 0 <= o < 128 else b"\x18" + varint(o & _MASK64)
+        heads = self._token_heads.get((len(vi), len(vo)))
+        if heads is None:
+            heads = self._token_heads[(len(vi), len(vo))] = (
+                self._kv("gen_ai.usage.input_tokens", vi)[:-len(vi)],
+                self._kv("gen_ai.usage.output_tokens", vo)[:-len(vo)])
+        return heads[0] + vi + heads[1] + vo
 
     def _request_static(self, t: RequestTrace, provider_types: dict[str, str]) -> bytes:
         """The request span's name, kind, repeating attributes, flags and (if it did not fail) status."""
@@ -301,12 +330,15 @@ class WireEncoder:
 
     def _attempt(self, t: RequestTrace, a: AttemptTrace, ctx: bytes, provider_types: dict[str, str]) -> bytes:
         """An attempt span's field: attempt_span(t, a)'s fields; `ctx`: trace id, state and parent."""
-        parts = [self._static(attempt_key(t, a), self._attempt_static, t, a, provider_types), ctx,
-                 b"\x12\x08", _BE(a.span_id), _times(a.start_ns, a.end_ns or t.end_ns)]
+        key = attempt_key(t, a)
+        static = self._statics.get(key)
+        if static is None:
+            static = self._static(key, self._attempt_static, t, a, provider_types)
+        start, end = a.start_ns, a.end_ns or t.end_ns
+        parts = [static, ctx, b"\x12\x08", _BE(a.span_id),
+                 _TIMES(0x39, start, 0x41, end) if start and end else _times(start, end)]
         if a.input_tokens >= 0:
-            kv = self._kv
-            parts += (kv("gen_ai.usage.input_tokens", _int(a.input_tokens)),
-                      kv("gen_ai.usage.output_tokens", _int(a.output_tokens)))
+            parts.append(self._tokens(a.input_tokens, a.output_tokens))
         if a.error:
             parts.append(_ld(b"\x7a", _ld(b"\x12", (a.message or a.error).encode()) + b"\x18\x02"))
         body = b"".join(parts)
