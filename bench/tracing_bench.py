@@ -1,8 +1,9 @@
 """Tracing overhead: proxy throughput with tracing off and on (OTLP/HTTP, sample ratio 1.0, to a local
 collector that decodes nothing).
 
-As `make bench` runs it: the proxies (`llm-service serve`), the fake upstream, the collector and this
-load generator each in their own process, the same closed loop at concurrency 32 through the OpenAI
+As `make bench` runs it: the proxies (`llm-service serve`), the fake upstream, the collector and the
+load generator each in their own process (wrk when it is installed, bench/wrk.py says why; else
+bench/load.py), the same closed loop at concurrency 32 through the OpenAI
 adapter, non-streaming and streaming. A third scenario is harsher: the built-in mock provider, where the
 proxy does so little per request that tracing's share is largest. Two proxies run side by side, one
 with tracing and one without, and short runs alternate between them (`alternations` each, fewer for the
@@ -28,17 +29,19 @@ from typing import Any
 
 import orjson
 
+from bench import wrk
 from bench.load import run_load
 from bench.procs import MASTER, Proxy, cpu_seconds, fake_upstream, proxy, server
 from bench.procs import run as run_loop
 
-SECONDS = float(os.environ.get("BENCH_TRACING_SECONDS", "0.5"))
+SECONDS = float(os.environ.get("BENCH_TRACING_SECONDS", "1" if wrk.available() else "0.5"))   # wrk: whole s
 HEADERS = {"Authorization": f"Bearer {MASTER}", "Content-Type": "application/json"}
 MSG = [{"role": "user", "content": "Benchmark prompt: say a few words."}]
 SCENARIOS = (("nonstream_c32", "bench", False, 32, 1.0), ("stream_c32", "bench", True, 32, 1.0),   # the last:
              ("mock_nonstream_c32", "mock", False, 32, 0.6))                            # share of alternations
 SUSTAINED = 4.0              # seconds of uninterrupted load on the traced proxy, at the end
 WARMUP = 1.0                 # seconds of load before each measured run (two hand-offs at least)
+PAIRS = int(os.environ.get("BENCH_TRACING_PAIRS", "4"))    # fresh off/on proxy pairs the alternations spread over
 DRAIN = 0.7                  # seconds after a traced run for its exporter to export what it was sent
 
 
@@ -73,56 +76,82 @@ async def _run(px: Proxy, exporter: int | None, body: bytes, conc: int, stream: 
     """WARMUP s of load first, so the traced proxy's hand-offs and its exporter's exports are in their
     steady state when the measured SECONDS begin: the exporter's work falls inside the window, not
     after it. CPU is read over the window alone."""
-    at: dict[str, float] = {}
+    if wrk.available():
+        await wrk.run_wrk(px.url(), body, HEADERS, conc, round(WARMUP))
+        p0, x0 = cpu_seconds(px.proc.pid), cpu_seconds(exporter) if exporter else 0.0
+        w = await wrk.run_wrk(px.url(), body, HEADERS, conc, round(SECONDS))
+        rps, p50, errors, done = w.rps, w.p50_ms, w.errors, w.requests
+    else:
+        at: dict[str, float] = {}
 
-    def started() -> None:
-        at["p"], at["x"] = cpu_seconds(px.proc.pid), cpu_seconds(exporter) if exporter else 0.0
+        def started() -> None:
+            at["p"], at["x"] = cpu_seconds(px.proc.pid), cpu_seconds(exporter) if exporter else 0.0
 
-    res = await run_load(px.url(), body, HEADERS, conc, SECONDS, stream, warmup=WARMUP, on_start=started)
+        res = await run_load(px.url(), body, HEADERS, conc, SECONDS, stream, warmup=WARMUP, on_start=started)
+        p0, x0 = at["p"], at["x"]
+        rps, p50, errors = res.rps, res.pct(res.latencies, 0.5), res.errors
+        done = len(res.latencies) + res.errors
     p1, x1 = cpu_seconds(px.proc.pid), cpu_seconds(exporter) if exporter else 0.0
     if exporter:
         await asyncio.sleep(DRAIN)                 # its exporter's tail, before the other proxy's run
-    p0, x0 = at["p"], at["x"]
-    done = max(1, len(res.latencies) + res.errors)
-    return {"rps": round(res.rps, 1), "p50_ms": round(res.pct(res.latencies, 0.5), 3), "errors": res.errors,
+    done = max(1, done)
+    return {"rps": round(rps, 1), "p50_ms": round(p50, 3), "errors": errors,
             "proxy_cpu_us": round((p1 - p0) / done * 1e6), "exporter_cpu_us": round((x1 - x0) / done * 1e6)}
 
 
 async def _measure(alternations: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"alternations": alternations, "seconds": SECONDS, "sample_ratio": 1.0, "scenarios": {}}
-    async with fake_upstream() as up_port, collector() as sink, \
-            proxy(_config(up_port, None)) as off, proxy(_config(up_port, sink)) as on:
-        exporter = _exporter_pid(on.proc.pid)
-        warm = orjson.dumps({"model": "mock", "messages": MSG})
-        for px in (off, on):                       # the helper processes import their libraries first
-            await run_load(px.url(), warm, HEADERS, 4, 0.5, False)
-        await asyncio.sleep(1.0)
-        for name, model, stream, conc, share in SCENARIOS:
-            body = orjson.dumps({"model": model, "messages": MSG, "stream": stream})
-            runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-            for i in range(max(2, round(alternations * share))):
-                for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
-                    px, x = (off, None) if mode == "off" else (on, exporter)
-                    runs[mode].append(await _run(px, x, body, conc, stream))
-            med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
-            o, n = med["off"]["rps"], med["on"]["rps"]
-            # Paired: each alternation's two runs are seconds apart, so their ratio cancels the machine's drift.
-            paired = statistics.median(b["rps"] / a["rps"] for a, b in zip(runs["off"], runs["on"], strict=True)
-                                       if a["rps"])
-            out["scenarios"][name] = {**med, "drop_pct": round(100 * (o - n) / o, 1) if o else None,
-                                      "paired_drop_pct": round(100 * (1 - paired), 1),
-                                      "rps_off_runs": [r["rps"] for r in runs["off"]],
-                                      "rps_on_runs": [r["rps"] for r in runs["on"]]}
-        out["spans_dropped"] = await _spans_dropped(on.url("/metrics"))
-        # Sustained: the exporter runs at nice 19, on CPU the proxy leaves idle. Does it keep up when the
-        # load does not pause? SUSTAINED s of the mock at concurrency 32 make more spans than its backlog
-        # holds, so a falling-behind exporter would drop some.
-        body = orjson.dumps({"model": "mock", "messages": MSG})
-        res = await run_load(on.url(), body, HEADERS, 32, SUSTAINED, False, warmup=0.0)
-        await asyncio.sleep(DRAIN)
-        out["sustained"] = {"seconds": SUSTAINED, "requests": len(res.latencies), "rps": round(res.rps, 1),
-                            "spans_dropped": await _spans_dropped(on.url("/metrics")) - out["spans_dropped"]}
+    """The alternations are spread over PAIRS fresh pairs of proxy processes: two processes of the same
+    build differ by up to ~4% in CPU per request (where their memory and threads landed), which no number
+    of alternations between the same two cancels; across pairs it averages out."""
+    out: dict[str, Any] = {"alternations": alternations, "seconds": SECONDS, "sample_ratio": 1.0, "pairs": PAIRS,
+                           "load_generator": "wrk" if wrk.available() else "bench.load", "scenarios": {}}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {name: {"off": [], "on": []} for name, *_ in SCENARIOS}
+    dropped = 0.0
+    async with fake_upstream() as up_port, collector() as sink:
+        for pair in range(PAIRS):
+            async with proxy(_config(up_port, None)) as off, proxy(_config(up_port, sink)) as on:
+                exporter = _exporter_pid(on.proc.pid)
+                warm = orjson.dumps({"model": "mock", "messages": MSG})
+                for px in (off, on):                       # the helper processes import their libraries first
+                    await run_load(px.url(), warm, HEADERS, 4, 0.5, False)
+                await asyncio.sleep(1.0)
+                for name, model, stream, conc, share in SCENARIOS:
+                    body = orjson.dumps({"model": model, "messages": MSG, "stream": stream})
+                    for i in range(pair, max(2, round(alternations * share)), PAIRS):
+                        for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
+                            px, x = (off, None) if mode == "off" else (on, exporter)
+                            runs[name][mode].append(await _run(px, x, body, conc, stream))
+                dropped += await _spans_dropped(on.url("/metrics"))
+                if pair == PAIRS - 1:
+                    out["sustained"] = await _sustained(on)
+    for name, r in runs.items():
+        med = {m: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for m, rs in r.items()}
+        o, n = med["off"]["rps"], med["on"]["rps"]
+        # Paired: each alternation's two runs are seconds apart, so their ratio cancels the machine's drift.
+        paired = statistics.median(b["rps"] / a["rps"] for a, b in zip(r["off"], r["on"], strict=True) if a["rps"])
+        out["scenarios"][name] = {**med, "drop_pct": round(100 * (o - n) / o, 1) if o else None,
+                                  "paired_drop_pct": round(100 * (1 - paired), 1),
+                                  "rps_off_runs": [x["rps"] for x in r["off"]],
+                                  "rps_on_runs": [x["rps"] for x in r["on"]]}
+    out["spans_dropped"] = dropped
     return out
+
+
+async def _sustained(on: Proxy) -> dict[str, Any]:
+    """The exporter runs at nice 19, on CPU the proxy leaves idle. Does it keep up when the load does not
+    pause? SUSTAINED s of the mock at concurrency 32 make more spans than its backlog holds, so a
+    falling-behind exporter would drop some."""
+    before = await _spans_dropped(on.url("/metrics"))
+    body = orjson.dumps({"model": "mock", "messages": MSG})
+    if wrk.available():
+        w = await wrk.run_wrk(on.url(), body, HEADERS, 32, round(SUSTAINED))
+        requests, rps = w.requests - w.errors, w.rps
+    else:
+        res = await run_load(on.url(), body, HEADERS, 32, SUSTAINED, False, warmup=0.0)
+        requests, rps = len(res.latencies), res.rps
+    await asyncio.sleep(DRAIN)
+    return {"seconds": SUSTAINED, "requests": requests, "rps": round(rps, 1),
+            "spans_dropped": await _spans_dropped(on.url("/metrics")) - before}
 
 
 async def _spans_dropped(url: str) -> float:
@@ -139,6 +168,9 @@ async def _spans_dropped(url: str) -> float:
 
 def run(alternations: int = 8) -> dict[str, Any]:
     r: dict[str, Any] = run_loop(_measure(alternations))
+    print(f"  tracing: load generator {r['load_generator']}, {r['alternations']} alternations of {r['seconds']:g} s runs"
+          f" over {r['pairs']} pairs of proxies",
+          flush=True)
     for name, s in r["scenarios"].items():
         off, on = s["off"], s["on"]
         print(f"  tracing {name:19s} off {off['rps']:8.1f} req/s | on {on['rps']:8.1f} req/s | drop {s['drop_pct']}% "

@@ -430,3 +430,29 @@ async def test_the_exporter_process_exports_the_rest_and_exits_on_cleanup(aiohtt
     assert not tracing.exporter.alive
     assert tracing.exporter.exitcode == 0
     assert any(s.kind == "SERVER" for s in receiver.spans)     # the last batch was exported on the way out
+
+
+def _sse(choice: int, content: str, reason: str | None, model: str = "m-1") -> bytes:
+    delta = {"index": choice, "delta": {"content": content}, "finish_reason": reason}
+    return b"data: " + orjson.dumps({"id": "c", "model": model, "choices": [delta]}) + b"\n\n"
+
+
+def test_stream_facts_read_the_last_reason_of_one_choice_and_all_of_several():
+    from proxy.telemetry.facts import stream_facts
+
+    words = [_sse(0, "w ", None) for _ in range(10)]
+    one = [*words, _sse(0, "", "stop"), b"data: [DONE]\n\n"]
+    assert stream_facts(one, 1) == (["stop"], "m-1")
+    # Two choices, the first finished long before the end: every reason is read, in stream order.
+    two = [_sse(1, "a", None), _sse(1, "", "length"), *words, _sse(0, "", "stop"), b"data: [DONE]\n\n"]
+    assert stream_facts(two, 2) == (["length", "stop"], "m-1")
+    # Raw network reads cut events anywhere; the chunks are read as one.
+    raw = b"".join(two)
+    assert stream_facts([raw[i:i + 7] for i in range(0, len(raw), 7)], 2) == (["length", "stop"], "m-1")
+    # A stream cut short ends on a null reason: the reasons before it still count.
+    cut = [_sse(0, "", "length", model="m-2"), _sse(0, "w", None)]
+    assert stream_facts(cut, 1) == (["length"], "m-2")
+    # The model of the first event, even with spaces around the colon.
+    spaced = [b'data: {"id": "x", "model" : "m-3", "choices": [{"finish_reason" : "stop"}]}\n\n', *one]
+    assert stream_facts(spaced, 1) == (["stop"], "m-3")
+    assert stream_facts([], 1) == ([], None)

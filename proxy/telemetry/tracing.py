@@ -202,13 +202,11 @@ class Tracing:
             o = facts.outcome(call)
         extras = call.extras
         tap: list[bytes] | None = extras.get(TAP)
-        if tap and "otel.finish" not in extras:      # a relayed stream: scan what went out, once
-            raw = b"".join(tap)
-            reasons: list[str] = []
-            facts.scan_finish_reasons(raw, reasons)
-            extras["otel.finish"], extras["otel.model"] = reasons, facts.scan_model(raw)
+        if tap and "otel.finish" not in extras:      # a relayed stream: read what went out, once
+            n = call.body.get("n")
+            extras["otel.finish"], extras["otel.model"] = facts.stream_facts(tap, n if n.__class__ is int else 1)
             if self.record_content:
-                extras["otel.output"] = _stream_output(raw[:4 * CONTENT_LIMIT])
+                extras["otel.output"] = _stream_output(b"".join(tap)[:4 * CONTENT_LIMIT])
         t.end_ns = time.time_ns()
         status = t.status = o.status
         if status >= 400 or call.error:
