@@ -29,6 +29,7 @@ lint: $(STAMP)  ## ruff + mypy
 	$(BIN)/mypy
 
 bench: $(STAMP)  ## proxy vs bare relay vs direct upstream; writes bench/results.json
+	@command -v wrk >/dev/null || echo "note: wrk not found (Debian: apt-get install wrk): the tracing bench uses the Python load generator"
 	$(BIN)/python -m bench.run
 
 clean:  ## remove .venv, caches and local data

@@ -5,9 +5,9 @@ As `make bench` runs it: the proxies (`llm-service serve`), the fake upstream, t
 load generator each in their own process (wrk when it is installed, bench/wrk.py says why; else
 bench/load.py), the same closed loop at concurrency 32 through the OpenAI
 adapter, non-streaming and streaming. A third scenario is harsher: the built-in mock provider, where the
-proxy does so little per request that tracing's share is largest. Two proxies run side by side, one
-with tracing and one without, and short runs alternate between them (`alternations` each, fewer for the
-mock), so the slow drifts of a shared machine hit both alike. Each run is measured after WARMUP s of
+proxy does so little per request that tracing's share is largest. Proxies run side by side, one
+with tracing and one without, and short runs alternate between them (`alternations` each), so the slow
+drifts of a shared machine hit both alike; the alternations are spread over fresh pairs of processes. Each run is measured after WARMUP s of
 load, when the traced proxy hands off and its exporter exports as steadily as under lasting load (a run
 from idle would leave most of the exporter's work after its window); the exporter drains before the
 other proxy's run. It reports the drop of the medians and the paired drop: the median of
@@ -38,7 +38,7 @@ SECONDS = float(os.environ.get("BENCH_TRACING_SECONDS", "1" if wrk.available() e
 HEADERS = {"Authorization": f"Bearer {MASTER}", "Content-Type": "application/json"}
 MSG = [{"role": "user", "content": "Benchmark prompt: say a few words."}]
 SCENARIOS = (("nonstream_c32", "bench", False, 32, 1.0), ("stream_c32", "bench", True, 32, 1.0),   # the last:
-             ("mock_nonstream_c32", "mock", False, 32, 0.6))                            # share of alternations
+             ("mock_nonstream_c32", "mock", False, 32, 1.0))                            # share of alternations
 SUSTAINED = 4.0              # seconds of uninterrupted load on the traced proxy, at the end
 WARMUP = 1.0                 # seconds of load before each measured run (two hand-offs at least)
 PAIRS = int(os.environ.get("BENCH_TRACING_PAIRS", "4"))    # fresh off/on proxy pairs the alternations spread over

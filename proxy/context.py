@@ -83,6 +83,7 @@ class ChatCall:
     response_headers: dict[str, str] = field(default_factory=dict)
     error_headers: dict[str, str] | None = None   # of those, the ones an error answer carries too (limits)
     extras: dict[str, Any] = field(default_factory=dict)     # per-stage scratch space
+    trace: Any = None                      # the trace record while sampled (proxy/telemetry/tracing.py)
     _finalizers: list[Callable[[ChatCall], Awaitable[None] | None]] = field(default_factory=list)
     _reply_hooks: list[Callable[[ChatCall, Reply], None]] | None = None
 

@@ -1,7 +1,7 @@
 """OTLP traces: one SERVER span per request, a child span per pipeline stage and per upstream attempt.
 
 The proxy records each sampled request as one compact `RequestTrace` (trace_record.py) carried on the
-call (`call.extras`), never through the ambient context, so a stream relayed after the handler returned
+call (`call.trace`), never through the ambient context, so a stream relayed after the handler returned
 still ends at the right time. A stage costs a timestamp appended to a list (no wrapper frame), an attempt
 one small struct; the spans, their attributes and the OTLP encoding are made in the exporter process
 (otlp_child.py), which gets the finished records in msgpack batches. Sampling is decided once per trace
@@ -32,7 +32,6 @@ from proxy.telemetry.otlp_process import ExportProcess
 from proxy.telemetry.trace_record import QUIET, ROUTER, AttemptTrace, RequestTrace, stage_plan
 from proxy.telemetry.trace_settings import TracingSettings, parse_traceparent, resolve
 
-SPAN = "otel.span"
 TAP = "relay_tap"                # call.extras: the relay appends the client-bound bytes here (proxy/streaming/relay)
 CONTENT_LIMIT = 64 * 1024        # bytes of prompt / completion kept on a span when record_content is on
 BATCH = 1024                     # requests per hand-off to the exporter process (~8000 spans)
@@ -150,13 +149,13 @@ class Tracing:
                          req, [], None, [])
         if self.record_content:
             t.input_messages = orjson.dumps(body.get("messages")).decode()[:CONTENT_LIMIT]
-        call.extras[SPAN] = t
+        call.trace = t
 
     def returned(self, call: ChatCall, reply: Reply) -> None:
         """The pipeline answered: end the stage that answered itself (if no later stage or the router was
         entered), and, unless the adapter read them off its parse, collect the finish reasons and the
         response model from what goes out, by a byte scan."""
-        t: RequestTrace | None = call.extras.get(SPAN)
+        t: RequestTrace | None = call.trace
         if t is None:
             return
         marks = t.marks
@@ -195,9 +194,10 @@ class Tracing:
                 await aclose()
 
     def end_request(self, call: ChatCall, o: facts.Outcome | None = None) -> None:
-        t: RequestTrace | None = call.extras.pop(SPAN, None)
+        t: RequestTrace | None = call.trace
         if t is None:
             return
+        call.trace = None
         if o is None:
             o = facts.outcome(call)
         extras = call.extras
@@ -240,7 +240,7 @@ class Tracing:
         enter = 2 * self._stage(stage)
 
         def entered(call: ChatCall) -> Awaitable[Reply]:
-            t: RequestTrace | None = call.extras.get(SPAN)
+            t: RequestTrace | None = call.trace
             if t is not None:
                 t.marks += (enter, time.time_ns())
             return stage(call, next=nxt)
@@ -254,7 +254,7 @@ class Tracing:
         numbered = tuple((2 * self._stage(c) if getattr(c, "traced", True) else QUIET, c.check) for c in checks)
 
         async def checked(call: ChatCall) -> Reply:
-            t: RequestTrace | None = call.extras.get(SPAN)
+            t: RequestTrace | None = call.trace
             if t is None:
                 for _, fn in numbered:
                     pending = fn(call)
@@ -280,7 +280,7 @@ class Tracing:
 
     def mark_router(self, router: Handler) -> Handler:
         def enter_router(call: ChatCall) -> Awaitable[Reply]:
-            t: RequestTrace | None = call.extras.get(SPAN)
+            t: RequestTrace | None = call.trace
             if t is not None:
                 t.marks += (ROUTER, time.time_ns())
             return router(call)
@@ -288,7 +288,7 @@ class Tracing:
 
     def raised(self, call: ChatCall, exc: BaseException) -> None:
         """The pipeline raised: end the stage that raised (if no later stage or the router was entered)."""
-        t: RequestTrace | None = call.extras.get(SPAN)
+        t: RequestTrace | None = call.trace
         if t is None or not t.marks:
             return
         last = t.marks[-2]
@@ -301,7 +301,7 @@ class Tracing:
     def start_attempt(self, call: ChatCall, target: Target, wire: WireRequest) -> AttemptTrace | None:
         """The attempt's span, when the request is sampled; `wire` then carries W3C traceparent (and
         tracestate) naming it, in a new headers dict (the provider's own is shared by all its requests)."""
-        t: RequestTrace | None = call.extras.get(SPAN)
+        t: RequestTrace | None = call.trace
         if t is None:
             return None
         a = AttemptTrace(getrandbits(64) or 1, time.time_ns(), target.provider, target.model, call.attempts)
