@@ -115,25 +115,33 @@ def scan_finish_reasons(data: bytes, into: list[str]) -> None:
 
 
 def stream_facts(tap: list[bytes], choices: int) -> tuple[list[str], str | None]:
-    """(finish reasons, model) of a relayed stream, from its client-bound chunks. One choice: its finish
-    reason is the last one in the stream, found from the end (a null one there, a stream cut short,
-    falls back to a scan of it all). The model is in the first event. A 20-event stream: ~0.5 µs,
-    where the regex over all of it takes ~3.5 µs."""
+    """(finish reasons, model) of a relayed stream, from its client-bound chunks, without joining them.
+    One choice: its finish reason is the stream's last one, so the chunks are searched from the end;
+    the model is in the first event. Whatever that misses (several choices, a stream cut short, an
+    event split between two chunks) is read from all of it joined. A 20-event stream: ~0.6 µs, where
+    the regex over all of it takes ~3.5 µs."""
+    m = None
+    if choices == 1:
+        for chunk in reversed(tap):
+            at = chunk.rfind(b'"finish_reason"')
+            if at >= 0:
+                m = _FINISH.match(chunk, at)
+                break
+    model = scan_model(tap[0]) if tap else None
+    if m is not None and model is not None:
+        return [m.group(1).decode("utf-8", "replace")], model
     raw = b"".join(tap)
-    last = raw.rfind(b'"finish_reason"') if choices == 1 else -1
-    m = _FINISH.match(raw, last) if last >= 0 else None
-    if m is not None:
-        reasons = [m.group(1).decode("utf-8", "replace")]
-    else:
-        reasons = []
-        scan_finish_reasons(raw, reasons)
+    reasons: list[str] = []
+    scan_finish_reasons(raw, reasons)
     return reasons, scan_model(raw)
 
 
 def scan_model(data: bytes) -> str | None:
-    """The first `"model": "..."`: found by bytes.find, a regex search from the start is slower."""
+    """The first `"model": "..."`. bytes.find first: a regex search from the start is slower."""
     at = data.find(b'"model"')
-    m = _MODEL.search(data, at) if at >= 0 else None
+    if at < 0:
+        return None
+    m = _MODEL.match(data, at) or _MODEL.search(data, at + 7)
     return m.group(1).decode("utf-8", "replace") if m else None
 
 
