@@ -23,6 +23,12 @@ def frame(body: bytes) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+def frame_parts(parts: list[bytes]) -> list[bytes]:
+    """One frame whose body is `parts` one after another, for `writelines` (uvloop writes them with
+    one writev, no joined copy)."""
+    return [HEADER.pack(sum(map(len, parts))), *parts]
+
+
 async def read_frame(reader: asyncio.StreamReader) -> bytes:
     """The next frame's body; IncompleteReadError at end of stream."""
     (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))

@@ -21,13 +21,19 @@ BATCH = 1                       # message kind: request traces to export
 MESSAGE_HEAD = struct.Struct(">BI")     # kind, spans in it; then (BATCH) a msgpack array of RequestTraces
 
 
-def batch_message(traces: list[bytes], spans: int) -> bytes:
-    """A BATCH message from traces msgpack-encoded one by one: the child's reader learns its size in
-    spans from the head, without decoding it (decoding is the export thread's work)."""
+def batch_parts(traces: list[bytes], spans: int) -> list[bytes]:
+    """A BATCH message from traces msgpack-encoded one by one, as parts to write one after another: its
+    head (the child's reader learns the size in spans without decoding; decoding is the export thread's
+    work) and the traces as they are. Never joined: a fresh 256 KB buffer each hand-off cost the proxy
+    ~0.15 page faults a request."""
     n = len(traces)
     array = bytes((0x90 | n,)) if n < 16 else (b"\xdc" + struct.pack(">H", n) if n < 65536
                                                  else b"\xdd" + struct.pack(">I", n))
-    return b"".join((MESSAGE_HEAD.pack(BATCH, spans), array, *traces))
+    return [MESSAGE_HEAD.pack(BATCH, spans) + array, *traces]
+
+
+def batch_message(traces: list[bytes], spans: int) -> bytes:
+    return b"".join(batch_parts(traces, spans))
 
 
 FLUSH_MESSAGE = MESSAGE_HEAD.pack(FLUSH, 0)

@@ -13,8 +13,8 @@ import logging
 
 import msgspec
 
-from proxy.childproc import frame, read_frame, spawn
-from proxy.telemetry.otlp_export import FLUSH_MESSAGE, ExportSettings, FlushAck, batch_message
+from proxy.childproc import frame, frame_parts, read_frame, spawn
+from proxy.telemetry.otlp_export import FLUSH_MESSAGE, ExportSettings, FlushAck, batch_parts
 
 log = logging.getLogger("proxy.telemetry")
 MAX_BUFFER = 8 * 1024 * 1024          # bytes waiting in the pipe transport before batches are dropped
@@ -76,7 +76,7 @@ class ExportProcess:
         if w is None or self._closed or w.is_closing() or w.transport.get_write_buffer_size() > MAX_BUFFER:
             self.dropped_here += spans
             return
-        w.write(frame(batch_message(traces, spans)))
+        w.writelines(frame_parts(batch_parts(traces, spans)))
 
     async def flush(self, within: float = 10.0) -> bool:
         """True once the child has exported everything sent before this call."""
