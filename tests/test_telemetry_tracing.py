@@ -22,7 +22,7 @@ from proxy.telemetry.otlp_export import (
     BATCH,
     MESSAGE_HEAD,
     ExportSettings,
-    batch_message,
+    batch_parts,
     encode_request,
     readable_spans,
 )
@@ -369,7 +369,7 @@ async def test_a_stuck_exporter_drops_spans_and_never_blocks():
 def test_a_batch_of_encoded_traces_is_one_message():
     for n in (0, 3, 15, 16, 300):
         traces = _batch(n)
-        body = batch_message([_ENCODE(t) for t in traces], 7 * n)
+        body = b"".join(batch_parts([_ENCODE(t) for t in traces], 7 * n))
         assert MESSAGE_HEAD.unpack_from(body) == (BATCH, 7 * n)
         assert msgspec.msgpack.decode(body[MESSAGE_HEAD.size:], type=list[RequestTrace]) == traces
 
@@ -456,3 +456,58 @@ def test_stream_facts_read_the_last_reason_of_one_choice_and_all_of_several():
     spaced = [b'data: {"id": "x", "model" : "m-3", "choices": [{"finish_reason" : "stop"}]}\n\n', *one]
     assert stream_facts(spaced, 1) == (["stop"], "m-3")
     assert stream_facts([], 1) == ([], None)
+
+
+async def test_served_proxy_hands_batches_to_its_exporter_over_uvloop(receiver, tmp_path):
+    """`llm-service serve` runs on uvloop, whose pipe transport writes a hand-off's parts (head, then each
+    trace's bytes) with one writev: every request's spans arrive, whole, under their own request span."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(orjson.dumps({
+        "server": {"port": port, "master_key": MASTER, "log_level": "warning"},
+        "storage": {"database": f"sqlite:///{tmp_path}/ledger.db"},
+        "providers": {"local": {"type": "mock"}},
+        "models": [{"name": "mock", "targets": [{"provider": "local", "model": "mock"}]}],
+        "telemetry": {"tracing": {"endpoint": str(receiver.server.make_url("/")), "sample_ratio": 1.0}},
+    }).decode())
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(300):
+                try:
+                    async with s.get(url + "/health") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+            body = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
+            ids = []
+            for i in range(40):
+                async with s.post(url + "/v1/chat/completions", json={**body, "stream": i % 2 == 1},
+                                  headers={"Authorization": f"Bearer {MASTER}"}) as r:
+                    assert r.status == 200
+                    await r.read()
+                    ids.append(r.headers["x-request-id"])
+        for _ in range(150):                    # the exporter's batch waits up to 0.5 s, its export a moment
+            if len([x for x in receiver.spans if x.kind == "SERVER"]) >= 40:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    roots = [x for x in receiver.spans if x.kind == "SERVER"]
+    assert sorted(x.attributes["llm_service.request_id"] for x in roots) == sorted(ids)
+    for root in roots:
+        spans = receiver.by_trace(root.trace_id)
+        assert {x.name for x in spans} >= {"chat mock", "pipeline.auth", "pipeline.cache"}
+        assert all(x.parent_span_id == root.span_id for x in spans if x is not root)
+        assert root.attributes["gen_ai.response.finish_reasons"] == ["stop"]

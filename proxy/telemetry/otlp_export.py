@@ -32,10 +32,6 @@ def batch_parts(traces: list[bytes], spans: int) -> list[bytes]:
     return [MESSAGE_HEAD.pack(BATCH, spans) + array, *traces]
 
 
-def batch_message(traces: list[bytes], spans: int) -> bytes:
-    return b"".join(batch_parts(traces, spans))
-
-
 FLUSH_MESSAGE = MESSAGE_HEAD.pack(FLUSH, 0)
 
 
