@@ -461,13 +461,12 @@ def test_stream_facts_read_the_last_reason_of_one_choice_and_all_of_several():
 async def test_served_proxy_hands_batches_to_its_exporter_over_uvloop(receiver, tmp_path):
     """`llm-service serve` runs on uvloop, whose pipe transport writes a hand-off's parts (head, then each
     trace's bytes) with one writev: every request's spans arrive, whole, under their own request span."""
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.test_shutdown import _free_port, _wait_up
+
+    port = _free_port()
     cfg = tmp_path / "c.yaml"
     cfg.write_text(orjson.dumps({
         "server": {"port": port, "master_key": MASTER, "log_level": "warning"},
@@ -480,15 +479,8 @@ async def test_served_proxy_hands_batches_to_its_exporter_over_uvloop(receiver, 
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
+        await _wait_up(url)
         async with aiohttp.ClientSession() as s:
-            for _ in range(300):
-                try:
-                    async with s.get(url + "/health") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
             body = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
             ids = []
             for i in range(40):
