@@ -16,8 +16,8 @@ from proxy.cost.accounting import Accounting
 from proxy.gateway import GATEWAY, Gateway
 from proxy.keyservice import KeyStore
 from proxy.pipeline import Check, Stage, compose
+from proxy.pipeline.accounting import AccountingStage
 from proxy.pipeline.auth import Authenticator, AuthStage
-from proxy.pipeline.budget import acct_stages
 from proxy.pipeline.cache import CacheStage
 from proxy.pipeline.ratelimit import LimitsCollector, RateLimitStage
 from proxy.pipeline.validate import ValidateStage
@@ -38,17 +38,20 @@ def build_gateway(config: Config, keys: KeyStore | None = None) -> Gateway:
     limits = RateLimitStage(config, router)   # in-process, or Redis when storage.redis is set
     acct = (Accounting(config, keys.ledger, router.models)
             if keys is not None and config.accounting.enabled else None)
+    accounting = AccountingStage(acct) if acct is not None else None
     stages: list[Stage | Check] = [
         AuthStage(auth),        # checks (before the call only) run one after another in one frame
         ValidateStage(),
+        router.planner,         # resolve the model, check the key's scope, order the targets: once
         limits,                 # rate limits: every level in one atomic step; a cache hit still counts
-        *(acct_stages(acct) if acct is not None else []),    # budget reserve; cost record (hits too)
-        cache,                  # response cache: rate limit and budget go above it, cost below it
+        *([accounting] if accounting is not None else []),   # budget reserve; at the end price, record, settle
+        cache,                  # response cache: rate limit and budget go above it
     ]
     pipeline = telemetry.wrap_pipeline(compose(stages, telemetry.wrap_router(router), telemetry.bind_stage,
                                                telemetry.bind_checks))
     gw = Gateway(config=config, backends=backends, router=router, auth=auth, pipeline=pipeline,
-                 cache=cache, keys=keys, telemetry=telemetry, accounting=acct, limits=limits)
+                 cache=cache, keys=keys, telemetry=telemetry, accounting=acct, accounting_stage=accounting,
+                 limits=limits)
     if telemetry.metrics is not None:
         telemetry.metrics.registry.register(LimitsCollector(limits))
     gw.observers.append(telemetry.observe)
@@ -64,6 +67,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> web.Application
     app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes,
                           handler_args={"max_field_size": config.server.max_header_bytes})
     app[GATEWAY] = gw
+    app.on_cleanup.append(_settle_ends)      # first: every call's end settles before anything closes
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/embeddings", chat.embeddings)
@@ -93,6 +97,10 @@ def build_app(config: Config, gateway: Gateway | None = None) -> web.Application
 
 
 PROBES = web.AppKey("probes", asyncio.Task)
+
+
+async def _settle_ends(app: web.Application) -> None:
+    await app[GATEWAY].settled()
 
 
 async def _start_probes(app: web.Application) -> None:

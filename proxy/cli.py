@@ -9,11 +9,16 @@ import logging
 import secrets
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from proxy import __version__
 from proxy.config import Config, ConfigError, load
+from proxy.context import DRAIN
+
+if TYPE_CHECKING:
+    from proxy.gateway import Gateway
 
 GC_YOUNG = 10_000            # allocations between young collections (CPython's default: 700), see settle_gc
 
@@ -84,10 +89,26 @@ async def serve(cfg: Config) -> None:
     gw = app[GATEWAY]
     gw.accepting = False
     logging.getLogger("proxy").info("shutting down: draining %d in-flight requests (up to %gs)", gw.inflight, drain)
-    deadline = loop.time() + drain
+    await drain_calls(gw, drain)
+    await runner.cleanup()
+
+
+async def drain_calls(gw: Gateway, seconds: float) -> None:
+    """Wait up to `seconds` for the calls in flight; then end the rest as `drain` (a stream gets an SSE
+    `event: error` with code `gateway_shutting_down`) and wait for their ends to settle."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
     while gw.inflight > 0 and loop.time() < deadline:  # noqa: ASYNC110 - a poll keeps the hot path free of events
         await asyncio.sleep(0.05)
-    await runner.cleanup()
+    tasks = []
+    for call, task in list(gw.open.items()):
+        if task is not None and not task.done():
+            call.ended_by = DRAIN
+            task.cancel()
+            tasks.append(task)
+    if tasks:
+        await asyncio.wait(tasks, timeout=2.0)
+    await gw.settled()
 
 
 def settle_gc() -> None:

@@ -36,6 +36,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     cors_origins: list[str] = []
     log_level: str = "info"
     secret: str = ""               # HMAC key for stored key hashes; empty: plain SHA-256
+    write_timeout: float = 60.0    # seconds one write to a client may wait (a reader that stopped reading)
 
 
 class StorageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -135,6 +136,7 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     deprecated: str = ""                # logged (once per process) and sent as x-llm-deprecated when used
     strategy: Literal["weighted", "least_inflight", "latency", "cost", "ordered"] = "weighted"
     price: PriceConfig | None = None    # USD per million tokens; overrides proxy/data/prices.yaml
+    fallbacks: list[str] = []           # other public models tried after these targets (the key must allow them)
 
 
 class BreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -325,6 +327,11 @@ def _check_models(cfg: Config) -> None:
                 raise ConfigError(f"models[{i}].targets[{j}].provider: unknown provider {t.provider!r}")
             if t.weight < 0:
                 raise ConfigError(f"models[{i}].targets[{j}].weight: must be >= 0")
+    public = seen | {m.name for m in cfg.models} | {a for m in cfg.models for a in m.aliases}
+    for i, m in enumerate(cfg.models):
+        for j, fb in enumerate(m.fallbacks):
+            if fb not in public:
+                raise ConfigError(f"models[{i}].fallbacks[{j}]: unknown model {fb!r}")
     if not 0 < cfg.server.port < 65536:
         raise ConfigError("server.port: must be between 1 and 65535")
     if cfg.server.max_body_bytes <= 0:

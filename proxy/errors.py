@@ -1,4 +1,13 @@
-"""The error tree, and the one OpenAI error envelope every failure is rendered in."""
+"""The error tree, and the one OpenAI error envelope every failure is rendered in.
+
+    ProxyError (500 server_error)
+    ├── InvalidRequest (400), PayloadTooLarge (413)
+    ├── Unauthorized (401), Forbidden (403 permission_error)
+    ├── NotFound (404) ── ModelNotFound
+    ├── RateLimited (429 rate_limit_exceeded), QuotaExceeded (429 insufficient_quota)
+    ├── Unavailable (503) ── LedgerUnavailable (ledger_unavailable), ShuttingDown (gateway_shutting_down)
+    └── UpstreamError (502, `retryable`) ── UpstreamTimeout (504)
+"""
 
 from __future__ import annotations
 
@@ -102,6 +111,21 @@ class Unavailable(ProxyError):
     status = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class LedgerUnavailable(Unavailable):
+    """The ledger (budgets) cannot be read: the call cannot be admitted under its budget; retry shortly."""
+
+    code = "ledger_unavailable"
+
+    def __init__(self, message: str = "The usage ledger is unreachable; try again shortly.") -> None:
+        super().__init__(message, headers={"retry-after": "2"})
+
+
+class ShuttingDown(Unavailable):
+    """The drain deadline ended a call still in flight (a stream gets it as its last event)."""
+
+    code = "gateway_shutting_down"
 
 
 class UpstreamError(ProxyError):

@@ -74,7 +74,9 @@ async def pg_url():
 
 
 def key_config(database: str, **sections: Any):
-    """Models: `a` and `b` on the mock; `a_fb` = a failing upstream then a fallback to `b`."""
+    """Models: `a` and `b` on the mock; `a_fb` = a failing upstream then a target whose upstream id is `b`;
+    `c_fb` = a failing upstream, then the public model `b` (`fallbacks`); `gpt-4o-mini` is served by a
+    dated upstream id."""
     storage = {"database": database, "key_cache_ttl": 0.2, **sections.pop("storage", {})}
     return make_config(
         providers={"local": {"type": "mock"}, "dead": {"type": "openai", "base_url": "http://127.0.0.1:9/v1"}},
@@ -83,7 +85,8 @@ def key_config(database: str, **sections: Any):
                 {"name": "a_fb", "targets": [{"provider": "dead", "model": "a_fb"},
                                              {"provider": "local", "model": "b"}]},
                 {"name": "gpt-4o", "targets": [{"provider": "local", "model": "gpt-4o"}]},
-                {"name": "gpt-4o-mini", "targets": [{"provider": "local", "model": "gpt-4o-mini"}]}],
+                {"name": "c_fb", "targets": [{"provider": "dead", "model": "c"}], "fallbacks": ["b"]},
+                {"name": "gpt-4o-mini", "targets": [{"provider": "local", "model": "gpt-4o-mini-2024-07-18"}]}],
         storage=storage, **sections)
 
 

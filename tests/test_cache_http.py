@@ -208,8 +208,7 @@ async def test_hit_is_accounted_as_cached_with_the_stored_usage(cached, fake_ope
     await post(server, body)
     await post(server, body)
     miss, hit = seen
-    assert miss.extras["cache"] == "miss" and "cached" not in miss.extras
-    assert hit.extras["cache"] == "hit" and hit.extras["cached"] is True
+    assert miss.cache == "miss" and hit.cache == "hit"
     assert hit.usage == miss.usage and hit.usage.total_tokens == 16
     assert hit.target.provider == "up" and hit.target.model == "gpt-4o-mini"
 

@@ -148,16 +148,16 @@ def test_the_usage_event_gets_every_field_from_its_own_source():
     from proxy.config import Target
     from proxy.context import ChatCall, Usage
     from proxy.pipeline.auth import Principal
-    from proxy.pipeline.cost import CostStage
+    from proxy.pipeline.cost import Recorder
 
     call = ChatCall(body={"model": "m", "options": {"batch_id": "batch-1", "async": True},
                           "metadata": {"budget_id": "b-body"}}, model="alias", stream=True, endpoint="embeddings")
     call.key = Principal(id="key_1", source_id="src-9", source_type="service", metadata={"team": "blue"})
     call.target = Target(provider="prov", model="up-model")
-    call.extras.update(cached=True, budget_id="b-1")
+    call.cache, call.budget_id = "hit", "b-1"
     call.first_byte_at = call.started + 0.25
     u = Usage(prompt_tokens=11, completion_tokens=7, cached_tokens=3, estimated=True)
-    e = CostStage.__new__(CostStage)._event(call, u, 1234, 567, 0, "boom")
+    e = Recorder.__new__(Recorder)._event(call, u, 1234, 567, 0, "boom")
     assert (e.request_id, e.day, e.source_type, e.source_id, e.team) == (call.request_id, e.day, "service", "src-9", "blue")
     assert len(e.day) == 10 and abs(e.ts - time.time()) < 5
     assert (e.request_type, e.model, e.provider, e.upstream_model, e.key_id, e.budget_id) == (

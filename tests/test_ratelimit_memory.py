@@ -136,15 +136,20 @@ async def test_headers_on_success_and_on_429_with_retry_after(start_proxy):
     assert status == 429 and err["code"] == "rate_limit_exceeded" and err["type"] == "rate_limit_error"
     assert h["retry-after"] == "30"                      # 60 s / 2 requests, rounded up
     assert h["x-ratelimit-remaining-requests"] == "0" and h["x-ratelimit-limit-requests"] == "2"
-    # an error from further down carries the headers too
-    status, h, _ = await _post(server, {"model": "nope", "messages": MSG})
-    assert status == 429          # still limited: the global level applies to unknown models too
 
 
-async def test_error_answers_carry_headers(start_proxy):
-    server = await start_proxy(make_config(limits={"global": {"rpm": 10}}))
+async def test_refusals_do_not_count_and_later_errors_carry_headers(start_proxy):
+    server = await start_proxy(make_config(
+        providers={"local": {"type": "mock"}, "dead": {"type": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        models=[{"name": "mock", "targets": [{"provider": "local", "model": "mock"}]},
+                {"name": "dead", "targets": [{"provider": "dead", "model": "x"}]}],
+        routing={"retries": 0}, limits={"global": {"rpm": 10}}))
     status, h, _ = await _post(server, {"model": "nope", "messages": MSG})
-    assert status == 404 and h["x-ratelimit-remaining-requests"] == "9"
+    assert status == 404 and "x-ratelimit-remaining-requests" not in h     # refused before the limits
+    status, h, _ = await _post(server, {"model": "mock", "messages": MSG})
+    assert status == 200 and h["x-ratelimit-remaining-requests"] == "9"
+    status, h, _ = await _post(server, {"model": "dead", "messages": MSG})   # an error from the router
+    assert status == 502 and h["x-ratelimit-remaining-requests"] == "8"
 
 
 async def test_priority_share_is_kept_for_high_priority(start_proxy):

@@ -102,13 +102,13 @@ async def test_openmetrics_by_accept_header(start_proxy):
 def test_rejections_cost_cache_and_budget_gauges():
     m = Metrics(["gpt"])
     call = ChatCall(body={}, model="gpt", stream=False)
-    call.status, call.error, call.extras["error_code"] = 429, "slow down", "rate_limit_exceeded"
+    call.status, call.error, call.error_code = 429, "slow down", "rate_limit_exceeded"
     m.finished(call, 0.01)
     call = ChatCall(body={}, model="gpt", stream=False)
-    call.status, call.error, call.extras["error_code"] = 429, "budget", "insufficient_quota"
+    call.status, call.error, call.error_code = 429, "budget", "insufficient_quota"
     m.finished(call, 0.01)
     call = ChatCall(body={}, model="gpt", stream=False)
-    call.status, call.extras["cost"], call.extras["cache"] = 200, 0.0025, "hit"
+    call.status, call.cost_nanos, call.cache = 200, 2_500_000, "hit"
     m.finished(call, 0.01)
     m.set_budget_utilisation("team-a", 0.75)
     text = m.render().decode()

@@ -92,10 +92,10 @@ async def test_streamed_request_trace_spans_parents_and_genai_attributes(start_p
     names = [s.name for s in spans]
     # A span per stage an operator looks into; validation and the cost stage's set-up have none.
     assert set(names) == {"chat gpt", "chat gpt-4o-mini", "pipeline.auth", "pipeline.rate_limit",
-                          "pipeline.budget", "pipeline.cache"}, names
+                          "pipeline.accounting", "pipeline.cache"}, names
     assert len(names) == len(set(names))
     stages = {s.name: s for s in spans if s.name.startswith("pipeline.")}
-    order = ["pipeline.auth", "pipeline.rate_limit", "pipeline.budget", "pipeline.cache"]
+    order = ["pipeline.auth", "pipeline.rate_limit", "pipeline.accounting", "pipeline.cache"]
     for a, b in itertools.pairwise(order):
         assert stages[a].start_ns <= stages[a].end_ns <= stages[b].start_ns, (a, b)
     assert [s.kind for s in spans].count("SERVER") == 1 and [s.kind for s in spans].count("CLIENT") == 1

@@ -6,29 +6,18 @@ from aiohttp import web
 
 from proxy.api.http import REQUEST_ID
 from proxy.api.parse import chat_call, decode_json
-from proxy.api.respond import carry_headers, write_reply
-from proxy.errors import ProxyError, Unavailable
+from proxy.api.respond import serve_call
+from proxy.errors import Unavailable
 from proxy.gateway import GATEWAY
 
 
 async def _serve(request: web.Request, endpoint: str) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
-    if not gw.accepting:
+    if not request.app[GATEWAY].accepting:
         raise Unavailable("The server is shutting down; retry on another replica.",
                           headers={"Connection": "close", "Retry-After": "1"})
     call = chat_call(decode_json(await request.read()), request.headers, request_id=request.get(REQUEST_ID))
     call.endpoint = endpoint
-    gw.inflight += 1
-    try:
-        reply = await gw.pipeline(call)
-        return await write_reply(request, call, reply)
-    except ProxyError as e:
-        call.status, call.error = e.status, e.message
-        carry_headers(call, e)
-        raise
-    finally:
-        gw.inflight -= 1
-        await gw.finish(call)
+    return await serve_call(request, call)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -1,14 +1,19 @@
-"""Writing a Reply over HTTP: JSON in one piece, or SSE relayed chunk by chunk as it arrives."""
+"""Serving a call over HTTP: begin it, run the pipeline, write the Reply (JSON in one piece, or SSE relayed
+chunk by chunk), and end it exactly once, whatever ended it (see proxy/gateway.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
 
 from proxy.api.http import CORS_HEADERS
-from proxy.context import ChatCall, Reply
-from proxy.errors import ProxyError
+from proxy.context import CLIENT_CLOSED, CLIENT_GONE, DRAIN, WRITE_STALL, ChatCall, Reply
+from proxy.errors import ProxyError, ShuttingDown
+from proxy.gateway import GATEWAY
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def carry_headers(call: ChatCall, e: ProxyError) -> None:
@@ -18,7 +23,50 @@ def carry_headers(call: ChatCall, e: ProxyError) -> None:
             e.headers.setdefault(k, v)
 
 
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+def failed(call: ChatCall, e: ProxyError) -> None:
+    call.status, call.error, call.error_code = e.status, e.message, e.code
+
+
+async def serve_call(request: web.Request, call: ChatCall) -> web.StreamResponse:
+    """The HTTP half of every REST ingress. Errors raised here reach the error middleware (the envelope)."""
+    gw = request.app[GATEWAY]
+    gw.begin(call)
+    try:
+        reply = await gw.pipeline(call)
+        return await write_reply(request, call, reply)
+    except ProxyError as e:
+        failed(call, e)
+        carry_headers(call, e)
+        raise
+    except asyncio.CancelledError:
+        if call.ended_by == DRAIN and call.first_byte_at is None:
+            _uncancel()                          # the drain deadline: answer 503 in the envelope
+            down = ShuttingDown("The server is shutting down; retry on another replica.",
+                                headers={"Retry-After": "1"})
+            failed(call, down)
+            raise down from None
+        _gone(call)
+        raise
+    except ConnectionError:
+        _gone(call)
+        raise
+    except Exception:
+        call.status, call.error = 500, "internal error"
+        raise
+    finally:
+        gw.end(call)
+
+
+def _gone(call: ChatCall) -> None:
+    if call.ended_by is None:
+        call.ended_by = CLIENT_GONE
+    call.status = CLIENT_CLOSED
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 async def write_reply(request: web.Request, call: ChatCall, reply: Reply) -> web.StreamResponse:
@@ -27,28 +75,82 @@ async def write_reply(request: web.Request, call: ChatCall, reply: Reply) -> web
     if reply.chunks is None:
         call.status = reply.status
         whole = web.Response(body=reply.body, status=reply.status, headers=headers, content_type=reply.content_type)
-        # Sent here, not after the handler returns: the call's finalisers (accounting, metrics, logs,
-        # spans) then run while the client already reads its answer, never in front of it.
-        await whole.prepare(request)
-        await whole.write_eof()
+        # Sent here, not after the handler returns: the call's end (accounting, metrics, logs, spans)
+        # then runs while the client already reads its answer, never in front of it.
+        try:
+            await whole.prepare(request)
+            await whole.write_eof()
+        except ConnectionError:
+            _gone(call)
         return whole
     resp = web.StreamResponse(status=reply.status, headers={**headers, **SSE_HEADERS})
     call.status = reply.status
     chunks = reply.chunks
+    guard = WriteGuard(request, call, request.app[GATEWAY].config.server.write_timeout)
     try:
         await resp.prepare(request)
         async for data in chunks:
             if call.first_byte_at is None:
                 call.first_byte_at = time.monotonic()
+            guard.since = guard.loop.time()
             await resp.write(data)
+            guard.since = 0.0
     except ProxyError as e:
         # The status line is gone already: the error becomes the stream's last event.
-        call.error = e.message
-        call.status = e.status
-        await resp.write(e.sse())
+        failed(call, e)
+        try:
+            await resp.write(e.sse())
+        except ConnectionError:
+            _gone(call)
+    except ConnectionError:
+        _gone(call)                              # the client hung up (or a stalled reader was cut off)
+        return resp
+    except asyncio.CancelledError:
+        if call.ended_by != DRAIN:
+            raise
+        _uncancel()                              # the drain deadline: tell the client, then close
+        down = ShuttingDown("The server is shutting down; the stream was ended by the drain deadline.")
+        failed(call, down)
+        call.ended_by = DRAIN
+        await resp.write(down.sse())
     finally:
+        guard.cancel()
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
-    await resp.write_eof()
+    try:
+        await resp.write_eof()
+    except ConnectionError:
+        pass                                     # every byte went out; the client left before the end
     return resp
+
+
+class WriteGuard:
+    """Aborts the connection of a client that stopped reading: a write pending longer than
+    `server.write_timeout` ends the call as `write_stall`. Per chunk the writer only stamps `since`; the
+    timer re-arms itself lazily (one timer a stream, not one a write)."""
+
+    __slots__ = ("_handle", "call", "loop", "request", "since", "timeout")
+
+    def __init__(self, request: web.Request, call: ChatCall, timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.request, self.call, self.timeout = request, call, timeout
+        self.since = 0.0
+        self._handle = self.loop.call_later(timeout, self._check) if timeout > 0 else None
+
+    def _check(self) -> None:
+        since = self.since
+        now = self.loop.time()
+        if since and now - since >= self.timeout:
+            self.call.ended_by = WRITE_STALL
+            self.call.status = CLIENT_CLOSED
+            transport = self.request.transport
+            if transport is not None:
+                transport.abort()                # the pending write fails; the handler ends the call
+            self._handle = None
+            return
+        self._handle = self.loop.call_at((since or now) + self.timeout, self._check)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()

@@ -4,46 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
-from fnmatch import fnmatchcase
-from typing import Any, Protocol
+from typing import Protocol
 
-import msgspec
-
-from proxy.context import ChatCall
+from proxy.context import MASTER, ChatCall, Principal
 from proxy.errors import Unauthorized
 
-_GLOB = re.compile(r"[*?\[]")
-
-
-class Principal(msgspec.Struct, frozen=True, kw_only=True):
-    """An authenticated caller: the master key or a virtual key."""
-
-    id: str
-    name: str = ""
-    is_master: bool = False
-    models: tuple[str, ...] | None = None        # None: every model
-    source_id: str | None = None
-    source_type: str | None = None
-    budget_id: str | None = None
-    rpm: int | None = None                        # requests per minute, None: no key limit
-    tpm: int | None = None                        # tokens per minute
-    max_concurrency: int | None = None            # requests in flight at once
-    metadata: dict[str, Any] = {}
-    expires_at: float | None = None               # unix seconds; checked on every request, cached or not
-
-    def may_use(self, model: str) -> bool:
-        """`models` holds names or shell-style globs (`gpt-4o*`, `claude-?-*`)."""
-        if self.models is None:
-            return True
-        return model in self.models or any(fnmatchcase(model, p) for p in self.models if _GLOB.search(p))
-
+__all__ = ["MASTER", "AuthStage", "Authenticator", "KeyLookup", "Principal"]
 
 class KeyLookup(Protocol):
     async def find(self, credential: str) -> Principal | None: ...
-
-
-MASTER = Principal(id="master", name="master key", is_master=True)
 
 
 class Authenticator:

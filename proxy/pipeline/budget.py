@@ -1,4 +1,4 @@
-"""The budget stage: reserve a call's worst-case cost atomically before it runs, settle it after.
+"""Budgets: reserve a call's worst-case cost atomically before it runs, settle it after.
 
 After auth and validation, before the cache. A call is under a budget through its key's `budget_id`
 or, for a key without one, the request's `metadata.budget_id` (seed schema). Worst case = a bound on
@@ -21,17 +21,16 @@ import msgspec
 from proxy.context import ChatCall
 from proxy.cost.accounting import Accounting
 from proxy.cost.alerts import crossed
+from proxy.cost.attribution import SCOPE_COLUMNS, budget_id_of, scope_value
 from proxy.cost.periods import counter_ttl, iso, period_start
 from proxy.cost.prices import usd
 from proxy.cost.tokens import prompt_upper_bound
-from proxy.errors import QuotaExceeded, Unavailable
-from proxy.pipeline import Check, Stage
+from proxy.errors import LedgerUnavailable, QuotaExceeded, Unavailable
 from proxy.store.budgets import Budget
 from proxy.store.usage import spent_since
 
 log = logging.getLogger("proxy.budget")
 _COMPLETION_TOKENS_MODELS = re.compile(r"^(o\d|gpt-5)")
-SCOPE_COLUMNS = {"key": "key_id", "source": "source_id", "team": "team", "global": None}
 
 
 class Hold(msgspec.Struct):
@@ -40,59 +39,25 @@ class Hold(msgspec.Struct):
     amount: int
 
 
-def budget_id_of(call: ChatCall) -> str | None:
-    key = call.key
-    if key is not None and key.budget_id:
-        return key.budget_id
-    md = call.body.get("metadata")
-    bid = md.get("budget_id") if isinstance(md, dict) else None
-    return bid if isinstance(bid, str) and bid else None
-
-
-def source_of(call: ChatCall) -> tuple[str | None, str | None]:
-    """(source_type, source_id): the key's, else the request's metadata (seed schema)."""
-    key = call.key
-    if key is not None and key.source_id:
-        return key.source_type, key.source_id
-    md = call.body.get("metadata")
-    if isinstance(md, dict):
-        sid, stype = md.get("source_id"), md.get("source_type")
-        return (stype if isinstance(stype, str) else None), (sid if isinstance(sid, str) else None)
-    return None, None
-
-
-def team_of(call: ChatCall) -> str | None:
-    key = call.key
-    md = getattr(key, "metadata", None)
-    team = md.get("team") if isinstance(md, dict) else None
-    return team if isinstance(team, str) and team else None
-
-
-def scope_value(scope: str, call: ChatCall) -> str:
-    if scope == "key":
-        return getattr(call.key, "id", None) or "-"
-    if scope == "source":
-        return source_of(call)[1] or "-"
-    if scope == "team":
-        return team_of(call) or "-"
-    return "*"
-
-
-class BudgetStage:
+class Budgets:
     def __init__(self, acct: Accounting) -> None:
         self.acct = acct
         self.cfg = acct.bcfg
         self._warned: set[str] = set()
 
-    def check(self, call: ChatCall) -> Awaitable[None] | None:
+    def reserve(self, call: ChatCall) -> Awaitable[None] | None:
         bid = budget_id_of(call) if self.cfg.enabled else None
         if bid is None:
             return None
-        call.extras["budget_id"] = bid
+        call.budget_id = bid
         return self._reserve(call, bid)
 
     async def _reserve(self, call: ChatCall, bid: str) -> None:
-        budget = await self.acct.budgets.get(bid)
+        try:
+            budget = await self.acct.budgets.get(bid)
+        except Exception as e:
+            log.error("ledger unreachable reading budget %r (%s)", bid, type(e).__name__)
+            raise LedgerUnavailable() from None
         if budget is None:
             if bid not in self._warned:
                 self._warned.add(bid)
@@ -106,11 +71,17 @@ class BudgetStage:
         col = SCOPE_COLUMNS.get(budget.scope)
 
         async def seed() -> int:
-            return await spent_since(self.acct.ledger, budget.id, start, col, sv if col else None)
+            try:
+                return await spent_since(self.acct.ledger, budget.id, start, col, sv if col else None)
+            except Exception as e:
+                log.error("ledger unreachable reading spend of %r (%s)", budget.id, type(e).__name__)
+                raise LedgerUnavailable() from None
 
         try:
             ok = await self.acct.reservations.reserve(counter, amount, budget.amount_nanos if budget.hard else None,
                                                       seed, counter_ttl(budget.period, start, now))
+        except LedgerUnavailable:
+            raise
         except Exception as e:
             if budget.hard:
                 log.error("budget store unreachable (%s): refusing calls under hard budget %r", type(e).__name__, bid)
@@ -120,8 +91,7 @@ class BudgetStage:
             raise QuotaExceeded(f"Budget '{budget.id}' is exhausted for this {budget.period} period "
                                 f"(${usd(budget.amount_nanos):.2f}); this request could cost up to "
                                 f"${usd(amount):.6f}.")
-        call.extras["budget_hold"] = Hold(budget, counter, amount)
-        call.on_finish(self._settle)
+        call.holds.append(Hold(budget, counter, amount))
 
     def worst_case(self, call: ChatCall, hard: bool) -> int:
         body = call.body
@@ -146,11 +116,9 @@ class BudgetStage:
                                                for n in names) else "max_tokens"
         call.body[field] = limit
 
-    async def _settle(self, call: ChatCall) -> None:
-        hold: Hold | None = call.extras.get("budget_hold")
-        if hold is None:
-            return
-        actual = call.extras.get("cost_nanos") or 0
+    async def settle(self, call: ChatCall, hold: Hold) -> None:
+        """The real cost (priced at the call's end) replaces the worst case it reserved."""
+        actual = call.cost_nanos or 0
         try:
             before, after = await self.acct.reservations.settle(hold.counter, hold.amount, actual)
         except Exception as e:
@@ -159,12 +127,6 @@ class BudgetStage:
         b = hold.budget
         for t in crossed(self.cfg.alerts.thresholds, b.amount_nanos, before, after):
             self.acct.alerter.notify(alert_event(b, hold.counter, t, after))
-
-
-def acct_stages(acct: Accounting) -> list[Stage | Check]:
-    """Budget (reserve, settle) then cost (price, record): both above the response cache."""
-    from proxy.pipeline.cost import CostStage
-    return [BudgetStage(acct), CostStage(acct)]
 
 
 def alert_event(b: Budget, counter: str, threshold: float, spent: int) -> dict[str, Any]:

@@ -63,16 +63,15 @@ class CacheStage:
         return self.models.resolve(requested).name if requested in self.models else requested
 
     async def __call__(self, call: ChatCall, next: Handler) -> Reply:
-        if not self.cfg.enabled or call.endpoint not in ENDPOINTS or call.model not in self.models:
-            return await next(call)             # unknown model: the router answers 404
-        if call.key is not None and not call.key.may_use(call.model):
-            return await next(call)             # the router answers 403: a hit must not skip that
-        model = self.models.resolve(call.model)
+        plan = call.plan
+        if not self.cfg.enabled or call.endpoint not in ENDPOINTS or plan is None:
+            return await next(call)
+        model = plan.model
         ctl = controls(call, self.cfg)
         ns = namespace(call.key, self.cfg)
         if ctl is None:
             call.response_headers[HEADER] = "BYPASS"
-            call.extras["cache"] = "bypass"
+            call.cache = "bypass"
             self.stats.add(model.name, ns, "bypass")
             return await next(call)
         keyed = self._keyed.get(id(model))
@@ -80,7 +79,6 @@ class CacheStage:
             keyed = self._keyed[id(model)] = (f"{model.name}@{model.version}" if model.version else model.name,
                                               primary_target(model))
         key = cache_key(ns, call.endpoint, keyed[0], keyed[1], call.body)
-        call.extras["cache_key"] = key
         if ctl.lookup:
             entry = await self._lookup(call, key, ns, ctl, model.name)
             if entry is not None:
@@ -88,7 +86,7 @@ class CacheStage:
         self.stats.add(model.name, ns, "miss")
         h = call.response_headers
         h[HEADER], h["x-llm-cache-key"] = "MISS", key
-        call.extras["cache"] = "miss"
+        call.cache = "miss"
         reply = await next(call)
         if not ctl.store or reply.status != 200:
             return reply
@@ -121,16 +119,13 @@ class CacheStage:
             return None
         if entry.events is None and entry.body is None:
             return None
-        if entry.upstream_model and call.key is not None and not call.key.may_use(entry.upstream_model):
-            return None                 # the answer came from a target this key may not use
         return entry
 
     def _hit(self, call: ChatCall, key: str, ns: str, entry: Entry, name: str) -> Reply:
         self.stats.add(name, ns, "hit")
         age = max(0, int(time.time() - entry.created))
         call.usage = entry.usage
-        extras = call.extras
-        extras["cache"], extras["cached"] = "hit", True
+        call.cache = "hit"
         h = call.response_headers
         h[HEADER], h["x-llm-cache-key"], h["age"] = "HIT", key, str(age)
         if entry.provider:

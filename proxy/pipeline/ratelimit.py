@@ -137,13 +137,13 @@ class RateLimitStage:
         if self.global_ is not None:
             out.append(self.global_)
         token_model = call.model
-        if call.model in self.router.models:
-            model = self.router.resolve(call.model)
-            target = self.first_target(model)
+        plan = call.plan
+        if plan is not None:
+            target = plan.targets[0]                 # the target the router tries first
             token_model = target.model
             if (p := self.providers.get(target.provider)) is not None:
                 out.append(p)
-            if (m := self.models.get(model.name)) is not None:
+            if (m := self.models.get(plan.model.name)) is not None:
                 out.append(m)
         key = call.key
         if key is not None:

@@ -40,15 +40,15 @@ def upstream_body(call: ChatCall, model: str) -> dict[str, Any]:
 
 
 def read_answer(data: dict[str, Any], call: ChatCall) -> Usage:
-    """An OpenAI chat answer's usage; its finish reasons and model go to `call.extras` for traces (read
-    here, where the body is parsed anyway, rather than by a scan of the bytes later)."""
+    """An OpenAI chat answer's usage; its finish reasons and model go on the call (read here, where the
+    body is parsed anyway, rather than by a scan of the bytes later)."""
     choices = data.get("choices")
     if isinstance(choices, list):
-        call.extras["finish_reasons"] = [r for c in choices if isinstance(c, dict)
-                                         and isinstance(r := c.get("finish_reason"), str)]
+        call.finish_reasons = [r for c in choices if isinstance(c, dict)
+                               and isinstance(r := c.get("finish_reason"), str)]
     model = data.get("model")
     if isinstance(model, str):
-        call.extras["response_model"] = model
+        call.response_model = model
     return usage_from_openai(data.get("usage")) or Usage(estimated=True)
 
 

@@ -18,13 +18,13 @@ import backoff
 
 from proxy.config import Config, ModelConfig, Target
 from proxy.context import ChatCall, Reply
-from proxy.errors import Forbidden, ProxyError, Unavailable, UpstreamError, UpstreamTimeout
+from proxy.errors import ProxyError, Unavailable, UpstreamError, UpstreamTimeout
 from proxy.providers.base import WireRequest
 from proxy.routing.backends import Backend
-from proxy.routing.balance import ordered
 from proxy.routing.deadlines import Deadlines
 from proxy.routing.health import Health, TargetState
 from proxy.routing.models import ModelCatalog
+from proxy.routing.plan import Planner
 from proxy.streaming.relay import relay
 from proxy.upstream import UpstreamResponse
 
@@ -56,6 +56,7 @@ class Router:
         self.backends = backends
         self.routing = config.routing
         self.health = Health(config.routing.breaker)
+        self.planner = Planner(self.models, self.health)
         self.attempt_scopes: list[AttemptScope] = []
         self.deadlines = Deadlines()          # one sweeping timer for every exchange in flight
         r = config.routing
@@ -80,15 +81,10 @@ class Router:
         return self.models.resolve(name)
 
     async def __call__(self, call: ChatCall) -> Reply:
-        model = self.models.resolve(call.model)
-        key = call.key
-        if key is not None and not key.may_use(call.model):
-            raise Forbidden(f"This key may not use model '{call.model}'.", param="model")
-        if model.deprecated:
-            call.response_headers["x-llm-deprecated"] = model.deprecated
-        targets = ordered(model, self.health)
-        if call.headers.get("x-llm-fallbacks", "").strip().lower() == "none":
-            targets = targets[:1]
+        plan = call.plan
+        if plan is None:                 # a pipeline composed without the plan stage (tests, tools)
+            plan = call.plan = self.planner.plan(call)
+        targets = plan.targets
         # Flat on purpose: every frame on this stack is resumed at each wait for the provider.
         try:
             return await self._route_once(call, targets)
@@ -98,16 +94,10 @@ class Router:
         return await self._reroute(call, targets)
 
     async def _route_once(self, call: ChatCall, targets: list[Target]) -> Reply:
-        key = call.key
         last: ProxyError | None = None
         window_above: int | None = None      # after a context-length error: only larger windows
         now = time.monotonic()
         for target in targets:
-            if key is not None and not key.may_use(target.model):
-                # The key's list also covers the upstream model of every target, fallbacks included.
-                last = Forbidden(f"This key may not use model '{target.model}' (a target of '{call.model}').",
-                                 param="model")
-                continue
             if window_above is not None and (target.context_window or 0) <= window_above:
                 continue
             if not self.health.available(target, now):
@@ -154,13 +144,13 @@ class Router:
         if not reopen:
             return None
         wait = min(reopen) - now
-        waited = call.extras.get("router.waited", 0.0)
+        waited = call.throttle_waited
         deadline = call.started + self.backends[targets[0].provider].config.timeouts.total
         budget = min(self.routing.rate_limit_wait - waited, deadline - now)
         if wait > budget:
             return None
         sleep = min(wait + random.uniform(0.01, max(0.05, wait * 0.1)), budget)
-        call.extras["router.waited"] = waited + sleep
+        call.throttle_waited = waited + sleep
         return sleep
 
     async def _tracked_attempt(self, call: ChatCall, target: Target) -> Reply:

@@ -43,7 +43,7 @@ async def relay(call: ChatCall, resp: UpstreamResponse, chunks: AsyncIterator[by
     """Upstream chunks -> translator -> client bytes. Usage lands on the call however the stream ends."""
     dog = _Watchdog(resp, idle, deadline)
     loop = dog._loop
-    tap: list[bytes] | None = call.extras.get("relay_tap")   # cost accounting: text relayed, if usage never comes
+    tap = call.relayed         # accounting and traces read what went out, if they asked (a list)
     try:
         out = translator.feed(first)
         if out:

@@ -81,7 +81,7 @@ class Telemetry:
             try:
                 reply = await inner(call)
             except BaseException as e:
-                call.extras["error_code"] = _code(e)
+                call.error_code = _code(e)
                 if tracing is not None:
                     tracing.raised(call, e)
                 raise

@@ -7,7 +7,6 @@ absent; every reader here is defensive so traces, metrics and logs keep working 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import msgspec
 
@@ -56,25 +55,13 @@ def status(call: ChatCall) -> int:
 
 
 def cost(call: ChatCall) -> float | None:
-    """USD: what the cost stage priced (streams too, after their last byte), else a stage's `cost`."""
-    nanos = call.extras.get("cost_nanos")
-    if isinstance(nanos, int):
-        return nanos / 1e9
-    for v in (call.extras.get("cost"), call.response_headers.get("x-llm-cost")):
-        if v is None or v == "":
-            continue
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            continue
-    return None
+    """USD, as the accounting stage priced it (streams too, after their last byte)."""
+    nanos = call.cost_nanos
+    return nanos / 1e9 if nanos is not None else None
 
 
 def cache_status(call: ChatCall) -> str | None:
-    for v in (call.extras.get("cache"), call.response_headers.get("x-llm-cache")):
-        if isinstance(v, str) and v:
-            return v.lower()
-    return None
+    return call.cache
 
 
 class Outcome(msgspec.Struct, gc=False):
@@ -96,9 +83,8 @@ def outcome(call: ChatCall) -> Outcome:
 
 
 def error_code(call: ChatCall) -> str | None:
-    code = call.extras.get("error_code")
-    if isinstance(code, str):
-        return code
+    if call.error_code:
+        return call.error_code
     return "error" if call.error else None
 
 
@@ -146,5 +132,4 @@ def scan_model(data: bytes) -> str | None:
 
 
 def finish_reasons(call: ChatCall) -> list[str]:
-    v: Any = call.extras.get("finish_reasons")
-    return [str(x) for x in v] if isinstance(v, list | tuple) else []
+    return call.finish_reasons or []

@@ -29,6 +29,9 @@ BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 OTHER = "other"        # label for model names that are not configured: clients cannot blow up cardinality
 
 
+INFLIGHT, STREAM = 1, 2        # call.gauged: which in-flight gauges this call moved up
+
+
 class Counts:
     """A counter (or gauge) family: label values -> number."""
 
@@ -116,17 +119,17 @@ class Metrics:
 
     def started(self, call: ChatCall) -> None:
         self.inflight.values[()] += 1
-        call.extras["telemetry.inflight"] = True
+        call.gauged |= INFLIGHT
 
     def stream_started(self, call: ChatCall) -> None:
         self.streams.values[()] += 1
-        call.extras["telemetry.stream"] = True
+        call.gauged |= STREAM
 
     def finished(self, call: ChatCall, latency: float, o: facts.Outcome | None = None) -> None:
-        extras = call.extras
-        if extras.pop("telemetry.inflight", False):
+        gauged, call.gauged = call.gauged, 0
+        if gauged & INFLIGHT:
             self.inflight.values[()] -= 1
-        if extras.pop("telemetry.stream", False):
+        if gauged & STREAM:
             self.streams.values[()] -= 1
         if o is None:
             o = facts.outcome(call)

@@ -32,7 +32,6 @@ from proxy.telemetry.otlp_process import ExportProcess
 from proxy.telemetry.trace_record import QUIET, ROUTER, AttemptTrace, RequestTrace, stage_plan
 from proxy.telemetry.trace_settings import TracingSettings, parse_traceparent, resolve
 
-TAP = "relay_tap"                # call.extras: the relay appends the client-bound bytes here (proxy/streaming/relay)
 CONTENT_LIMIT = 64 * 1024        # bytes of prompt / completion kept on a span when record_content is on
 BATCH = 1024                     # requests per hand-off to the exporter process (~8000 spans)
 DELAY = 0.5                      # seconds a finished request may wait for its batch
@@ -141,8 +140,8 @@ class Tracing:
                     req[attr] = v
         if call.stream:
             req["gen_ai.request.stream"] = True
-            if TAP not in call.extras:
-                call.extras[TAP] = []   # the relay's tap: read once at the end, no wrapper on every chunk
+            if call.relayed is None:
+                call.relayed = []       # the relay's tap: read once at the end, no wrapper on every chunk
         op = _OPERATIONS(call.endpoint, call.endpoint)
         t = RequestTrace(trace_id, getrandbits(64) or 1, parent_id, remote, state,   # positional: cheaper
                          self._wall + int(call.started * 1e9), op, call.model, call.request_id, call.ingress,
@@ -165,23 +164,23 @@ class Tracing:
             if not call.attempts:        # not relayed from a provider (a cache replay): no tap, watch the chunks
                 reply.chunks = self._watch_stream(call, reply.chunks)
         elif reply.body:
-            if "finish_reasons" not in call.extras:      # the adapter did not read them off its parse
+            if call.finish_reasons is None:      # the adapter did not read them off its parse
                 reasons: list[str] = []
                 facts.scan_finish_reasons(reply.body, reasons)
-                call.extras["otel.finish"] = reasons
-                call.extras["otel.model"] = facts.scan_model(reply.body)
+                call.finish_reasons = reasons
+                call.response_model = call.response_model or facts.scan_model(reply.body)
             if self.record_content:
                 call.extras["otel.output"] = _output_messages(reply.body)
 
     async def _watch_stream(self, call: ChatCall, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         reasons: list[str] = []
-        call.extras["otel.finish"] = reasons
+        call.finish_reasons = reasons
         kept: list[bytes] | None = [] if self.record_content else None
         model: str | None = None
         try:
             async for data in chunks:
                 if model is None:
-                    model = call.extras["otel.model"] = facts.scan_model(data)
+                    model = call.response_model = facts.scan_model(data)
                 facts.scan_finish_reasons(data, reasons)
                 if kept is not None and sum(map(len, kept)) < 4 * CONTENT_LIMIT:
                     kept.append(data)
@@ -201,10 +200,12 @@ class Tracing:
         if o is None:
             o = facts.outcome(call)
         extras = call.extras
-        tap: list[bytes] | None = extras.get(TAP)
-        if tap and "otel.finish" not in extras:      # a relayed stream: read what went out, once
+        tap = call.relayed
+        if tap and call.finish_reasons is None:      # a relayed stream: read what went out, once
             n = call.body.get("n")
-            extras["otel.finish"], extras["otel.model"] = facts.stream_facts(tap, n if n.__class__ is int else 1)
+            reasons, model = facts.stream_facts(tap, n if n.__class__ is int else 1)
+            call.finish_reasons = reasons
+            call.response_model = call.response_model or model
             if self.record_content:
                 extras["otel.output"] = _stream_output(b"".join(tap)[:4 * CONTENT_LIMIT])
         t.end_ns = time.time_ns()
@@ -215,12 +216,11 @@ class Tracing:
                 t.message = call.error or str(status)
         t.n_attempts = call.attempts
         t.provider = o.provider
-        t.response_model = extras.get("response_model") or extras.get("otel.model") or o.upstream_model
+        t.response_model = call.response_model or o.upstream_model
         u = call.usage
         if u is not None:
             t.usage = (u.prompt_tokens, u.completion_tokens, u.cached_tokens)
-        read = extras.get("finish_reasons")             # list[str], read by the adapter (read_answer)
-        t.finish_reasons = read if isinstance(read, list) else extras.get("otel.finish") or []
+        t.finish_reasons = call.finish_reasons or []
         t.ttft, t.cost, t.cache, t.key_id = o.ttft, o.cost, o.cache, o.key_id
         if self.record_content:
             t.output_messages = extras.pop("otel.output", None)
