@@ -31,7 +31,7 @@ from proxy.context import (
     UPSTREAM_ERROR,
     ChatCall,
 )
-from proxy.errors import Unavailable
+from proxy.errors import ProxyError, Unavailable
 from proxy.pipeline import Handler
 from proxy.pipeline.auth import Authenticator
 from proxy.routing.backends import Backend
@@ -131,6 +131,32 @@ class Gateway:
         """Wait for every end still settling (shutdown: before the ledger closes)."""
         if self.ending:
             await asyncio.wait(list(self.ending), timeout=within)
+
+    async def call_whole(self, call: ChatCall) -> tuple[int, bytes]:
+        """Run a call to its end without HTTP (async jobs, batch lines, GraphQL): (status, body), the body
+        being the reply's JSON, or the error envelope. A stream's chunks are consumed and joined."""
+        self.begin(call)
+        try:
+            reply = await self.pipeline(call)
+            call.status = reply.status
+            if reply.chunks is None:
+                return reply.status, reply.body or b""
+            parts = [data async for data in reply.chunks]
+            if call.first_byte_at is None and parts:
+                call.first_byte_at = call.started
+            return reply.status, b"".join(parts)
+        except ProxyError as e:
+            call.status, call.error, call.error_code = e.status, e.message, e.code
+            return e.status, e.body()
+        except asyncio.CancelledError:
+            call.status = CLIENT_CLOSED
+            raise
+        except Exception:
+            log.exception("call %s failed", call.request_id)
+            call.status, call.error = 500, "internal error"
+            return 500, ProxyError("The server had an error while processing your request.").body()
+        finally:
+            self.end(call)
 
     async def finish(self, call: ChatCall) -> None:
         """End the call and wait for its end to settle (tests and tools that need the event written)."""

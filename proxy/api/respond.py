@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -27,12 +28,18 @@ def failed(call: ChatCall, e: ProxyError) -> None:
     call.status, call.error, call.error_code = e.status, e.message, e.code
 
 
-async def serve_call(request: web.Request, call: ChatCall) -> web.StreamResponse:
-    """The HTTP half of every REST ingress. Errors raised here reach the error middleware (the envelope)."""
+Render = Callable[[ChatCall, Reply], Reply]
+
+
+async def serve_call(request: web.Request, call: ChatCall, render: Render | None = None) -> web.StreamResponse:
+    """The HTTP half of every REST ingress. Errors raised here reach the error middleware (the envelope).
+    `render` turns the pipeline's reply into the client's protocol (an ingress codec), if it differs."""
     gw = request.app[GATEWAY]
     gw.begin(call)
     try:
         reply = await gw.pipeline(call)
+        if render is not None:
+            reply = render(call, reply)
         return await write_reply(request, call, reply)
     except ProxyError as e:
         failed(call, e)
