@@ -69,6 +69,10 @@ def test_tokenizer_counts_offline_and_bounds():
     assert prompt_upper_bound(body, "chat.completions") >= tok.count_prompt("gpt-4o", body, "chat.completions")
     sse = [b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n', b'data: {"choices":[{"delta":{"content":"lo \\"x\\""}}]}\n\n']
     assert streamed_text(sse) == 'Hello "x"'
+    spaced = [b'data: {"choices": [{"delta": {"content": "tok "}}]}\n\ndata: {"choices": [{"del',
+              b'ta": {"content": "two"}}]}\n\ndata: {"choices": [{"delta": {"tool_calls": [{"function": '
+              b'{"arguments": "{}"}}]}}]}\n\ndata: [DONE]\n\n']
+    assert streamed_text(spaced) == "tok two{}"            # any spacing, an event split across chunks
 
 
 def test_whole_nano_rates_cost_the_same_in_integers_as_in_decimal():

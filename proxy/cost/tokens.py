@@ -127,17 +127,29 @@ def prompt_upper_bound(body: dict[str, Any], endpoint: str) -> int:
     return n
 
 
-_CONTENT = re.compile(rb'"(?:content|reasoning_content|arguments)":"((?:[^"\\]|\\.)*)"')
-
-
 def streamed_text(chunks: list[bytes]) -> str:
-    """The text deltas of the OpenAI SSE bytes relayed so far (for estimating a cut stream's completion)."""
+    """The text deltas of the OpenAI SSE bytes relayed so far (for estimating a cut stream's completion).
+    Each event is parsed as JSON, so any spacing the upstream used counts (a regex once missed
+    `"content": "..."` with a space and recorded 0 tokens). Runs only when the usage never came."""
     out: list[str] = []
-    for m in _CONTENT.finditer(b"".join(chunks)):
-        try:
-            out.append(orjson.loads(b'"' + m.group(1) + b'"'))
-        except orjson.JSONDecodeError:
+    for line in b"".join(chunks).splitlines():
+        if not line.startswith(b"data:"):
             continue
+        try:
+            event = orjson.loads(line[5:])
+        except orjson.JSONDecodeError:
+            continue                          # [DONE], or the event the cut split
+        for ch in event.get("choices") or () if isinstance(event, dict) else ():
+            delta = ch.get("delta") if isinstance(ch, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            for name in ("content", "reasoning_content", "reasoning"):
+                if isinstance(v := delta.get(name), str):
+                    out.append(v)
+            for tc in delta.get("tool_calls") or ():
+                fn = tc.get("function") if isinstance(tc, dict) else None
+                if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                    out.append(fn["arguments"])
     return "".join(out)
 
 

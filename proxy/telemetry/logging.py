@@ -124,6 +124,7 @@ def access_fields(call: ChatCall, latency: float, o: facts.Outcome | None = None
         "cache": o.cache,
         "error": call.error,
         "error_code": o.error_code,
+        "ended_by": call.ended_by,
     }
 
 

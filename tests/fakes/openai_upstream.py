@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -12,7 +13,8 @@ from aiohttp import web
 
 class FakeOpenAI:
     """`mode` picks the behaviour of the next requests:
-    ok | error500 | error400 | error429 | reset | reset_midstream | slow_first_byte | no_done | garbage."""
+    ok | error500 | error400 | error429 | reset | reset_midstream | slow_first_byte | no_done | garbage;
+    by_prompt: each request's last message content names its mode."""
 
     def __init__(self) -> None:
         self.mode = "ok"
@@ -25,6 +27,7 @@ class FakeOpenAI:
         self.app.router.add_post("/v1/embeddings", self.embeddings)
         self.app.router.add_get("/v1/models", self.models)
         self.cancelled = 0
+        self.spaced = False            # stream events as `json.dumps` spaces them ("content": "tok"), as some servers do
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
@@ -44,6 +47,8 @@ class FakeOpenAI:
         self.requests.append(body)
         self.headers.append(dict(request.headers))
         mode = self.mode
+        if mode == "by_prompt":                  # the last message names the behaviour (churn tests)
+            mode = str(body["messages"][-1].get("content") or "ok")
         if mode == "error500":
             return web.json_response({"error": {"message": "upstream exploded", "type": "server_error",
                                                 "param": None, "code": None}}, status=500)
@@ -83,8 +88,10 @@ class FakeOpenAI:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
 
+        dumps = (lambda o: json.dumps(o).encode()) if self.spaced else orjson.dumps
+
         def chunk(delta: dict, finish: str | None = None) -> bytes:
-            return b"data: " + orjson.dumps({
+            return b"data: " + dumps({
                 "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
                 "model": body["model"], "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + b"\n\n"
 
