@@ -56,6 +56,7 @@ class BedrockSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 class BedrockProvider:
     Settings = BedrockSettings
     transport = "http"
+    api_key_optional = True     # an empty api_key means SigV4 with AWS credentials, not a missing key
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config

@@ -143,6 +143,7 @@ class MockTransport:
 class MockProvider:
     Settings = MockSettings
     transport = "mock"
+    api_key_optional = True
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
