@@ -406,7 +406,11 @@ async def test_include_usage_chunk_with_cache_tokens(client, fake_bedrock) -> No
     assert (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens) == (1510, 3, 1513)
     assert last.usage.prompt_tokens_details is not None
     assert last.usage.prompt_tokens_details.cached_tokens == 1000
+    assert last.usage.prompt_tokens_details.model_dump()["cache_write_tokens"] == 500
     assert all(c.usage is None for c in chunks[:-1])
+    res = await client.chat.completions.create(model="claude", messages=MSG)
+    assert res.usage is not None and res.usage.prompt_tokens_details is not None
+    assert res.usage.prompt_tokens_details.model_dump()["cache_write_tokens"] == 500
 
 
 @pytest.mark.parametrize(("status", "etype", "message", "exc", "want_status", "code"), [
