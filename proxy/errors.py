@@ -180,11 +180,13 @@ class ProviderKeyMissing(ProviderAuthFailed):
 
     code = "provider_key_missing"
 
-    def __init__(self, provider: str, variable: str) -> None:
-        self.variable = variable
+    def __init__(self, provider: str, variable: str, detail: str = "") -> None:
+        self.variable, self.detail = variable, detail
         super().__init__(provider)
 
     def _describe(self, provider: str) -> str:
+        if self.detail:
+            return f"provider '{provider}' has no credentials: {self.detail}"
         return (f"provider '{provider}' has no API key: {self.variable} was not set when the gateway started "
                 f"(providers.{provider}.api_key)")
 

@@ -230,7 +230,7 @@ def test_default_credential_chain_from_environment(monkeypatch) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     with pytest.raises(UpstreamError, match="no AWS credentials") as info:
         p.to_wire(chat({"model": "c", "messages": MSG}), Target(provider="b", model=CLAUDE))
-    assert info.value.status == 502
+    assert info.value.status == 502 and info.value.code == "provider_key_missing"
 
 
 async def test_prepare_resolves_the_full_chain_off_the_loop(monkeypatch) -> None:

@@ -9,17 +9,27 @@ import orjson
 import pytest
 
 from tests.conftest import MASTER, make_config, openai_provider
+from tests.cost_helpers import request
 
 MSG = [{"role": "user", "content": "Hi"}]
 
 
-def _config(fake, **up):
+def _config(fake, tmp_path, **up):
+    # max_concurrency 1: a call that kept its slot would make the next one a 429
     return make_config(
         providers={"up": {**openai_provider(fake), **up}, "local": {"type": "mock"}},
         models=[{"name": "gpt", "targets": [{"provider": "up", "model": "gpt-4o-mini"}]},
                 {"name": "both", "targets": [{"provider": "up", "model": "gpt-4o-mini"},
                                              {"provider": "local", "model": "mock"}]}],
-        routing={"retries": 3, "backoff_base": 0.001, "breaker": {"failures": 1, "cooldown": 30}})
+        routing={"retries": 3, "backoff_base": 0.001, "breaker": {"failures": 1, "cooldown": 30}},
+        limits={"global": {"max_concurrency": 1}}, storage={"database": f"sqlite:///{tmp_path}/l.db"})
+
+
+async def _statuses(server) -> list[int]:
+    """Each call's one usage event, oldest first."""
+    st, body, _ = await request(str(server.make_url("")), "GET", "/v1/usage")
+    assert st == 200, body
+    return [ev["status"] for ev in reversed(body["data"])]
 
 
 def _client(server) -> openai.AsyncOpenAI:
@@ -27,9 +37,9 @@ def _client(server) -> openai.AsyncOpenAI:
 
 
 @pytest.mark.parametrize("mode", ["error401", "error403"])
-async def test_refused_credentials_are_502_provider_auth_failed(start_proxy, fake_openai, mode):
+async def test_refused_credentials_are_502_provider_auth_failed(start_proxy, fake_openai, mode, tmp_path):
     fake_openai.mode = mode
-    server = await start_proxy(_config(fake_openai))
+    server = await start_proxy(_config(fake_openai, tmp_path))
     client = _client(server)
     for sent in (1, 2):      # the breaker (failures: 1) would skip the target on the second call if it counted
         with pytest.raises(openai.InternalServerError) as e:
@@ -41,10 +51,12 @@ async def test_refused_credentials_are_502_provider_auth_failed(start_proxy, fak
     raw = await client.chat.completions.with_raw_response.create(model="both", messages=MSG)
     assert raw.headers["x-llm-provider"] == "local" and raw.parse().choices[0].message.content
     assert len(fake_openai.requests) == 3
+    assert await _statuses(server) == [502, 502, 200]
 
 
-async def test_unset_key_variable_is_502_provider_key_missing_and_nothing_is_sent(start_proxy, fake_openai):
-    server = await start_proxy(_config(fake_openai, api_key="${LLM_TEST_UNSET_KEY:-}"))
+async def test_unset_key_variable_is_502_provider_key_missing_and_nothing_is_sent(start_proxy, fake_openai,
+                                                                                   tmp_path):
+    server = await start_proxy(_config(fake_openai, tmp_path, api_key="${LLM_TEST_UNSET_KEY:-}"))
     client = _client(server)
     for stream in (False, True):
         with pytest.raises(openai.InternalServerError) as e:
@@ -54,3 +66,4 @@ async def test_unset_key_variable_is_502_provider_key_missing_and_nothing_is_sen
     raw = await client.chat.completions.with_raw_response.create(model="both", messages=MSG)
     assert raw.headers["x-llm-provider"] == "local"
     assert fake_openai.requests == []
+    assert await _statuses(server) == [502, 502, 200]

@@ -206,7 +206,7 @@ class Router:
             self.health.failure(st, e.message, cooldown=e.retry_after if e.retry_after is not None else 1.0)
         elif isinstance(e, ProviderAuthFailed):
             self.health.neutral(st)         # the gateway's configuration, not the target's health
-        elif e.status >= 500 or e.status in (408, 409) or e.code == "upstream_auth_error":
+        elif e.status >= 500 or e.status in (408, 409):
             self.health.failure(st, e.message)
         else:
             self.health.neutral(st)
