@@ -46,7 +46,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     cors_origins: list[str] = []
     log_level: str = "info"
     secret: str = ""               # HMAC key for stored key hashes; empty: plain SHA-256
-    write_timeout: _Positive = 60.0    # seconds one write to a client may wait (a reader that stopped reading)
+    write_timeout: float = 60.0    # seconds one write to a client may wait (a reader that stopped reading)
     dev_key_file: str = "data/dev-master-key"   # no master_key: the dev key is kept here (0600); "" = never written
 
 
