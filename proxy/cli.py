@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import logging
+import os
 import secrets
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from proxy import __version__
-from proxy.config import Config, ConfigError, load
+from proxy.config import Config, ConfigError, load, sqlite_file
+from proxy.config_checks import adapter_problems, key_warnings
 from proxy.context import DRAIN
 
 if TYPE_CHECKING:
@@ -27,14 +31,46 @@ def _load_or_exit(path: str) -> Config:
     try:
         return load(path)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        for problem in e.problems:
+            print(f"config error: {problem}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load_or_exit(args.file)
+    """Every problem start-up would hit, one line each, field path first; exit 2 if any."""
+    try:
+        cfg = load(args.file)
+        problems = adapter_problems(cfg)
+    except ConfigError as e:
+        problems = e.problems
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 2
+    for warning in key_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.file}: OK ({len(cfg.providers)} providers, {len(cfg.models)} models)")
     return 0
+
+
+def dev_master_key(key_file: str) -> str:
+    """The development master key: read from `server.dev_key_file` if an earlier run wrote one (so a shell
+    that exported it keeps working across restarts), else generated and written there (mode 0600)."""
+    path = Path(key_file) if key_file else None
+    if path is not None:
+        try:
+            key = path.read_text().strip()
+            if key.startswith("sk-dev-"):
+                return key
+        except OSError:
+            pass
+    key = "sk-dev-" + secrets.token_urlsafe(24)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+    return key
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -43,26 +79,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides: dict = {}
     if args.host:
         overrides["host"] = args.host
-    if args.port:
+    if args.port is not None:
         overrides["port"] = args.port
     if not server.master_key:
-        key = "sk-dev-" + secrets.token_urlsafe(24)
+        key = dev_master_key(server.dev_key_file)
         overrides["master_key"] = key
-        # Printed once, to the terminal only: the gateway never runs without a key.
+        # The gateway never runs without a key. The export line is ready to paste into another shell.
+        where = f" (also in {server.dev_key_file})" if server.dev_key_file else ""
         print(f"No master key configured (server.master_key / LLM_SERVICE_MASTER_KEY).\n"
-              f"Generated a development master key for this run:\n\n    {key}\n", flush=True)
+              f"Development master key{where}; in the shell you call the gateway from:\n\n"
+              f"    export LLM_SERVICE_MASTER_KEY={key}\n", flush=True)
     if overrides:
         cfg = msgspec.structs.replace(cfg, server=msgspec.structs.replace(server, **overrides))
     from proxy.telemetry.logging import setup_logging
     logs = cfg.telemetry.logs
     setup_logging(logs.level or cfg.server.log_level, logs.format)    # JSON lines, secrets redacted
+    for warning in key_warnings(cfg):
+        logging.getLogger("proxy").warning("%s", warning)
+    ledger = sqlite_file(cfg.storage.database)
+    if ledger is not None:
+        print(f"ledger: {ledger}", flush=True)
     try:
         import uvloop
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve(cfg))
+    try:
+        asyncio.run(serve(cfg))
+    except ConfigError as e:            # a provider's own settings, checked when its adapter is built
+        for problem in e.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return 2
+    except PortInUse as e:
+        print(str(e), file=sys.stderr, flush=True)
+        return 1
     return 0
+
+
+class PortInUse(Exception):
+    pass
 
 
 async def serve(cfg: Config) -> None:
@@ -76,9 +131,16 @@ async def serve(cfg: Config) -> None:
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=1024)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()          # stops what start-up began (the ledger writer), so exit is prompt
+        if e.errno == errno.EADDRINUSE:
+            raise PortInUse(f"port {cfg.server.port} is in use") from None
+        raise
     settle_gc()
-    print(f"llm-service {__version__} listening on http://{cfg.server.host}:{cfg.server.port}", flush=True)
+    port = runner.addresses[0][1] if runner.addresses else cfg.server.port    # --port 0: the one bound
+    print(f"llm-service {__version__} listening on http://{cfg.server.host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -17,14 +17,24 @@ from proxy.cost.config import AccountingConfig, BudgetsConfig, PriceConfig
 
 
 class ConfigError(Exception):
-    """A config problem, phrased as `path: what is wrong`."""
+    """Config problems, each phrased as `path: what is wrong`; str() is one line per problem."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+_NonNeg = Annotated[float, msgspec.Meta(ge=0)]
+_Positive = Annotated[float, msgspec.Meta(gt=0)]
+_Bytes = Annotated[int, msgspec.Meta(ge=0)]
+_Count = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    connect: float = 5.0       # TCP + TLS connect
-    first_byte: float = 60.0   # request sent -> response headers (and first stream chunk)
-    idle: float = 60.0         # gap between two stream chunks
-    total: float = 600.0       # whole request, stream included
+    connect: _Positive = 5.0       # TCP + TLS connect
+    first_byte: _Positive = 60.0   # request sent -> response headers (and first stream chunk)
+    idle: _Positive = 60.0         # gap between two stream chunks
+    total: _Positive = 600.0       # whole request, stream included
 
 
 class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -37,17 +47,13 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     log_level: str = "info"
     secret: str = ""               # HMAC key for stored key hashes; empty: plain SHA-256
     write_timeout: float = 60.0    # seconds one write to a client may wait (a reader that stopped reading)
+    dev_key_file: str = "data/dev-master-key"   # no master_key: the dev key is kept here (0600); "" = never written
 
 
 class StorageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     database: str = "sqlite:///data/llm-service.db"
     redis: str = ""
     key_cache_ttl: float = 0.5     # seconds a key lookup is cached; a revoke reaches every replica within it
-
-
-_NonNeg = Annotated[float, msgspec.Meta(ge=0)]
-_Positive = Annotated[float, msgspec.Meta(gt=0)]
-_Bytes = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class CacheConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -115,6 +121,9 @@ class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     max_connections: int = 256
     unsupported_params: Literal["drop", "reject"] = "drop"
     settings: Any = None
+    # Set by the loader, never in YAML: the ${VAR} that `api_key` names when it resolved empty for a type
+    # that needs a key. Start-up warns once; a call routed here gets 502 provider_key_missing.
+    api_key_missing: str = ""
 
 
 class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -123,7 +132,7 @@ class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     weight: float = 1.0                 # share among targets of equal priority (strategy: weighted)
     priority: int | None = None         # lower is tried first; default: the target's position in the list
     context_window: int | None = None   # a context-length error falls back only to a larger window
-    ttft_timeout: float | None = None   # seconds to the first byte before failing over (default: provider's)
+    ttft_timeout: _Positive | None = None   # seconds to the first byte before failing over (default: provider's)
     price: PriceConfig | None = None    # USD per million tokens for this target (beats models[].price)
 
 
@@ -140,18 +149,18 @@ class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
 
 class BreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    failures: int = 5                   # consecutive failures that open a target's circuit
-    cooldown: float = 30.0              # seconds it stays open before one half-open probe
+    failures: Annotated[int, msgspec.Meta(ge=1)] = 5   # consecutive failures that open a target's circuit
+    cooldown: _NonNeg = 30.0            # seconds it stays open before one half-open probe
 
 
 class RoutingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    retries: int = 1                    # extra tries on the same target (connection errors, 5xx), with backoff
-    backoff_base: float = 0.05          # seconds; exponential with full jitter
-    backoff_max: float = 2.0
+    retries: _Count = 1                 # extra tries on the same target (connection errors, 5xx), with backoff
+    backoff_base: _NonNeg = 0.05        # seconds; exponential with full jitter
+    backoff_max: _NonNeg = 2.0
     breaker: BreakerConfig = BreakerConfig()
-    health_check_interval: float = 0.0  # seconds between active provider health checks; 0 = off
-    drain_seconds: float = 30.0         # on SIGTERM, how long in-flight requests may finish
-    rate_limit_wait: float = 5.0        # longest wait for a target cooling down after an upstream 429
+    health_check_interval: _NonNeg = 0.0   # seconds between active provider health checks; 0 = off
+    drain_seconds: _NonNeg = 30.0       # on SIGTERM, how long in-flight requests may finish
+    rate_limit_wait: _NonNeg = 5.0      # longest wait for a target cooling down after an upstream 429
 
 
 class LimitRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -237,6 +246,9 @@ def _convert(raw: Any, typ: type, prefix: str) -> Any:
             missing = re.match(r"Object missing required field `([^`]*)`", what)
             if missing:
                 return _raise(f"{_path(where, prefix)}.{missing.group(1)}".lstrip("."), "required field is missing")
+            bound = re.match(r"Expected `(?:int|float)` (>=|>|<=|<) (\S+)$", what)
+            if bound:       # "Expected `float` >= 0.0" -> "must be >= 0"
+                what = f"must be {bound.group(1)} {bound.group(2).removesuffix('.0')}"
             return _raise(_path(where, prefix) or prefix, what)
         fld = re.match(r"Object contains unknown field `([^`]*)`", msg)
         if fld:
@@ -251,122 +263,106 @@ def _raise(path: str, what: str) -> Any:
     raise ConfigError(f"{path}: {what}")
 
 
+def _try(problems: list[str], raw: Any, typ: type, prefix: str) -> Any:
+    """_convert, with its problem added to `problems` (and None returned) instead of raised."""
+    try:
+        return _convert(raw, typ, prefix)
+    except ConfigError as e:
+        problems.extend(e.problems)
+        return None
+
+
 def parse(raw: Any, env: dict[str, str] | None = None) -> Config:
-    """Validate a decoded YAML document into a Config, or raise ConfigError naming the first bad field."""
-    from proxy.providers.registry import provider_class, provider_types
+    """Validate a decoded YAML document into a Config, or raise ConfigError with every problem found:
+    each provider and each top-level section is checked on its own, then the cross-field rules."""
+    from proxy.config_checks import check
 
     if raw is None:
-        raw = {}
+        raise ConfigError("<root>: the file is empty (expected at least `providers:` and `models:`)")
     if not isinstance(raw, dict):
         raise ConfigError("<root>: expected a mapping")
-    raw = interpolate(raw, dict(os.environ) if env is None else env)
+    env = dict(os.environ) if env is None else env
+    raw_providers = raw.get("providers")
+    raw = interpolate(raw, env)
     providers_raw = raw.get("providers") or {}
     if not isinstance(providers_raw, dict):
         raise ConfigError("providers: expected a mapping of name -> provider")
+    problems: list[str] = []
     providers: dict[str, ProviderConfig] = {}
     for name, p in providers_raw.items():
-        where = f"providers.{name}"
-        if not isinstance(p, dict):
-            raise ConfigError(f"{where}: expected a mapping")
-        ptype = p.get("type")
-        if ptype is None:
-            raise ConfigError(f"{where}.type: required field is missing")
-        if ptype not in provider_types():
-            raise ConfigError(f"{where}.type: unknown provider type {ptype!r} "
-                              f"(one of: {', '.join(sorted(provider_types()))})")
-        common = {k: v for k, v in p.items() if k in COMMON_PROVIDER_FIELDS}
-        rest = {k: v for k, v in p.items() if k not in COMMON_PROVIDER_FIELDS}
-        cls = provider_class(ptype)
-        common["settings"] = _convert(rest, cls.Settings, where)
-        common["name"] = str(name)
-        providers[str(name)] = _convert(common, ProviderConfig, where)
-    raw = {**raw, "providers": providers}
-    cfg: Config = _convert(raw, Config, "")
-    _check_models(cfg)
-    _check_limits(cfg.limits)
-    _check_telemetry(cfg)
+        pc = _provider(str(name), p, (raw_providers or {}).get(name), problems)
+        if pc is not None:
+            providers[str(name)] = pc
+    sections: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key != "providers" and _try(problems, {key: value}, Config, "") is not None:
+            sections[key] = value
+    # Models one by one, so a bad entry does not hide the cross-checks (names, providers) of the others.
+    index = list(range(len(sections.get("models") or [])))
+    if "models" not in sections and isinstance(raw.get("models"), list):
+        good = [(i, _try([], m, ModelConfig, "")) for i, m in enumerate(raw["models"])]
+        index = [i for i, m in good if m is not None]
+        sections["models"] = [m for _, m in good if m is not None]
+    cfg: Config = _convert({**sections, "providers": providers}, Config, "")
+    check(cfg, {str(n) for n in providers_raw}, index, problems)
+    if problems:
+        raise ConfigError(*problems)
     return cfg
 
 
-def _check_limits(lim: LimitsConfig) -> None:
-    rules: list[tuple[str, LimitRule | None]] = [("limits.global", lim.global_), ("limits.keys", lim.keys),
-                                                 ("limits.master", lim.master)]
-    for section in ("providers", "models", "sources"):
-        rules += [(f"limits.{section}.{n}", r) for n, r in getattr(lim, section).items()]
-    for where, r in rules:
-        if r is None:
-            continue
-        for f in ("rpm", "tpm", "max_concurrency"):
-            v = getattr(r, f)
-            if v is not None and v < 1:
-                raise ConfigError(f"{where}.{f}: must be at least 1 (leave it out for no limit)")
-        if not 0 <= r.priority_reserve < 1:
-            raise ConfigError(f"{where}.priority_reserve: must be between 0 and 1 (exclusive)")
-    if lim.redis_timeout <= 0 or lim.breaker_cooldown < 0:
-        raise ConfigError("limits.redis_timeout: must be positive (and breaker_cooldown not negative)")
+def _provider(name: str, p: Any, original: Any, problems: list[str]) -> ProviderConfig | None:
+    from proxy.providers.registry import provider_class, provider_types
+
+    where = f"providers.{name}"
+    if not isinstance(p, dict):
+        problems.append(f"{where}: expected a mapping")
+        return None
+    ptype = p.get("type")
+    if ptype is None:
+        problems.append(f"{where}.type: required field is missing")
+        return None
+    if ptype not in provider_types():
+        problems.append(f"{where}.type: unknown provider type {ptype!r} "
+                        f"(one of: {', '.join(sorted(provider_types()))})")
+        return None
+    base_url = p.get("base_url")
+    if isinstance(base_url, str) and base_url and not re.match(r"https?://[^/\s]", base_url):
+        problems.append(f"{where}.base_url: must start with http:// or https:// (got {base_url!r})")
+    common = {k: v for k, v in p.items() if k in COMMON_PROVIDER_FIELDS}
+    rest = {k: v for k, v in p.items() if k not in COMMON_PROVIDER_FIELDS}
+    cls = provider_class(ptype)
+    common["settings"] = _try(problems, rest, cls.Settings, where)
+    common["name"] = name
+    key_source = original.get("api_key") if isinstance(original, dict) else None
+    if (not p.get("api_key") and isinstance(key_source, str) and not getattr(cls, "api_key_optional", False)
+            and (names := _VAR.findall(key_source))):
+        common["api_key_missing"] = ", ".join(n for n, _ in names)
+    pc = _try(problems, common, ProviderConfig, where)
+    return pc if common["settings"] is not None else None
 
 
-def _check_models(cfg: Config) -> None:
-    seen: set[str] = set()
-    defaults: set[str] = set()
-    for i, m in enumerate(cfg.models):
-        full = f"{m.name}@{m.version}" if m.version else m.name
-        if full in seen:
-            raise ConfigError(f"models[{i}].name: duplicate model name {full!r}")
-        seen.add(full)
-        if "@" in m.name:
-            raise ConfigError(f"models[{i}].name: '@' is reserved for versions (use `version:`)")
-        if m.default:
-            if m.name in defaults:
-                raise ConfigError(f"models[{i}].default: {m.name!r} already has a default version")
-            defaults.add(m.name)
-        if not m.targets:
-            raise ConfigError(f"models[{i}].targets: at least one target is required")
-        for j, t in enumerate(m.targets):
-            if t.provider not in cfg.providers:
-                raise ConfigError(f"models[{i}].targets[{j}].provider: unknown provider {t.provider!r}")
-            if t.weight < 0:
-                raise ConfigError(f"models[{i}].targets[{j}].weight: must be >= 0")
-    public = seen | {m.name for m in cfg.models} | {a for m in cfg.models for a in m.aliases}
-    for i, m in enumerate(cfg.models):
-        for j, fb in enumerate(m.fallbacks):
-            if fb not in public:
-                raise ConfigError(f"models[{i}].fallbacks[{j}]: unknown model {fb!r}")
-    if not 0 < cfg.server.port < 65536:
-        raise ConfigError("server.port: must be between 1 and 65535")
-    if cfg.server.max_body_bytes <= 0:
-        raise ConfigError("server.max_body_bytes: must be positive")
-    if not 0 <= cfg.storage.key_cache_ttl <= 60:
-        raise ConfigError("storage.key_cache_ttl: must be between 0 and 60 seconds")
-    if not cfg.storage.database.startswith(("sqlite://", "postgresql://", "postgres://")):
-        raise ConfigError("storage.database: expected sqlite:///path.db, sqlite://:memory: or postgresql://...")
-    if cfg.accounting.writer == "process" and in_memory(cfg.storage.database):
-        raise ConfigError("accounting.writer: process needs a ledger another process can open "
-                          "(a SQLite file or PostgreSQL), not an in-memory SQLite database")
+def resolve_paths(cfg: Config, folder: Path) -> Config:
+    """Relative files (a SQLite ledger, the dev key) are relative to the config file's folder, not the
+    working directory, so `serve` and `keys` started from anywhere use the same ones."""
+    storage, server = cfg.storage, cfg.server
+    db = storage.database
+    rest = db.removeprefix("sqlite://")
+    if db.startswith("sqlite://") and not in_memory(db) and rest.startswith("/") and not rest.startswith("//"):
+        storage = msgspec.structs.replace(storage, database=f"sqlite:///{(folder / rest[1:]).resolve()}")
+    if server.dev_key_file and not Path(server.dev_key_file).is_absolute():
+        server = msgspec.structs.replace(server, dev_key_file=str((folder / server.dev_key_file).resolve()))
+    return msgspec.structs.replace(cfg, storage=storage, server=server)
 
 
 def in_memory(database: str) -> bool:
     return database.startswith("sqlite:") and database.removeprefix("sqlite://").lstrip("/") == ":memory:"
 
 
-_LEVELS = ("debug", "info", "warning", "warn", "error", "critical")
-
-
-def _check_telemetry(cfg: Config) -> None:
-    import ipaddress
-
-    t = cfg.telemetry
-    ratio = t.tracing.sample_ratio
-    if ratio is not None and not 0.0 <= ratio <= 1.0:
-        raise ConfigError("telemetry.tracing.sample_ratio: must be between 0 and 1")
-    for i, net in enumerate(t.metrics.allow_from):
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise ConfigError(f"telemetry.metrics.allow_from[{i}]: not an IP network: {net!r}") from None
-    for where, level in (("server.log_level", cfg.server.log_level), ("telemetry.logs.level", t.logs.level)):
-        if level and level.lower() not in _LEVELS:
-            raise ConfigError(f"{where}: must be one of {', '.join(_LEVELS)}")
+def sqlite_file(database: str) -> str | None:
+    """The file a `sqlite:///...` ledger lives in, for the start-up line; None for memory or PostgreSQL."""
+    if not database.startswith("sqlite://") or in_memory(database):
+        return None
+    return database.removeprefix("sqlite://")[1:]
 
 
 def load(path: str | Path, env: dict[str, str] | None = None) -> Config:
@@ -380,4 +376,4 @@ def load(path: str | Path, env: dict[str, str] | None = None) -> Config:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
-    return parse(raw, env)
+    return resolve_paths(parse(raw, env), Path(path).parent)

@@ -32,9 +32,11 @@ class Usage(msgspec.Struct, omit_defaults=True, gc=False):
             "total_tokens": self.total_tokens or self.prompt_tokens + self.completion_tokens,
         }
         if self.cached_tokens or self.cache_write_tokens:
-            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+            # cache writes (Anthropic's cache_creation_input_tokens) sit next to cached_tokens, where
+            # OpenRouter puts them and OpenAI-compatible clients look for them
+            details = out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
             if self.cache_write_tokens:
-                out["cache_write_tokens"] = self.cache_write_tokens
+                details["cache_write_tokens"] = self.cache_write_tokens
         return out
 
 

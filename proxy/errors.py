@@ -149,18 +149,57 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
+class ProviderAuthFailed(UpstreamError):
+    """The provider refused the gateway's own credentials (HTTP 401/403): a configuration fault, not load
+    and not the client's. Another target may work, the same one will not: it is neither retried nor
+    counted by the breaker. The message names the provider, never the key (a provider's 401 text may
+    quote part of it), so the provider's own message is dropped."""
+
+    status = 502
+    type = "upstream_auth_error"
+    code = "provider_auth_failed"
+
+    def __init__(self, provider: str = "", upstream_status: int = 401) -> None:
+        self.upstream_status = upstream_status
+        super().__init__(self._describe(provider), retryable=True)
+
+    def _describe(self, provider: str) -> str:
+        who = f"provider '{provider}'" if provider else "the provider"
+        where = f"providers.{provider}.api_key" if provider else "the provider's api_key"
+        return f"{who} refused the gateway's credentials (HTTP {self.upstream_status}): check {where}"
+
+    def naming(self, provider: str) -> ProviderAuthFailed:
+        """Adapters that map statuses do not know the provider's configured name: the router adds it."""
+        self.message = self._describe(provider)
+        self.args = (self.message,)
+        return self
+
+
+class ProviderKeyMissing(ProviderAuthFailed):
+    """The provider's api_key named an environment variable that was not set: nothing is sent."""
+
+    code = "provider_key_missing"
+
+    def __init__(self, provider: str, variable: str, detail: str = "") -> None:
+        self.variable, self.detail = variable, detail
+        super().__init__(provider)
+
+    def _describe(self, provider: str) -> str:
+        if self.detail:
+            return f"provider '{provider}' has no credentials: {self.detail}"
+        return (f"provider '{provider}' has no API key: {self.variable} was not set when the gateway started "
+                f"(providers.{provider}.api_key)")
+
+
 def upstream_error_for_status(status: int, message: str, *, type: str | None = None, code: str | None = None,
                               param: str | None = None, retry_after: float | None = None) -> UpstreamError:
     """Map a provider's HTTP status to the status and type OpenAI's clients expect, keeping its message."""
     if status in (400, 413, 422):
         return UpstreamError(message, status=400 if status == 422 else status, type=type or "invalid_request_error",
                              code=code, param=param, retryable=False)
-    if status == 401:
+    if status in (401, 403):
         # The provider rejected *our* credentials: a gateway fault, not the client's.
-        return UpstreamError(message, status=502, type="upstream_auth_error", code=code or "upstream_auth_error",
-                             retryable=True)
-    if status == 403:
-        return UpstreamError(message, status=403, type=type or "permission_error", code=code, retryable=False)
+        return ProviderAuthFailed(upstream_status=status)
     if status == 404:
         return UpstreamError(message, status=404, type=type or "invalid_request_error",
                              code=code or "model_not_found", retryable=True)

@@ -61,7 +61,7 @@ def test_check_config_cli_exit_codes(tmp_path):
                    "  - {name: b, targets: [{provider: opnai, model: m}]}\n")
     r = subprocess.run([sys.executable, "-m", "proxy", "check-config", str(bad)], capture_output=True, text=True)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["config error: models[1].targets[0].provider: unknown provider 'opnai'"]
+    assert r.stderr.strip().splitlines() == ["models[1].targets[0].provider: unknown provider 'opnai'"]
     r = subprocess.run([sys.executable, "-m", "proxy", "check-config", str(ROOT / "config.yaml")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

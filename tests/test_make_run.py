@@ -1,5 +1,6 @@
-"""`make run` as the README describes it: the Makefile's own serve command starts, prints a dev key once,
-and that key streams from the mock model."""
+"""`make run` as the README describes it: the Makefile's own serve command starts, prints a dev key as an
+export line (and keeps it where the README reads it), and the README's quick-start blocks, run as printed
+in a fresh shell, work against it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,20 @@ import aiohttp
 import orjson
 
 ROOT = Path(__file__).parent.parent
+
+
+def quick_start_script(port: int) -> str:
+    """The README's quick-start blocks after `make run` as one bash script: bash blocks as they are, Python
+    blocks through the interpreter running the tests; the documented port swapped for the test's."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Quick start")
+    section = text[start:text.index("\n## ", start + 1)]
+    parts = []
+    for lang, code in re.findall(r"```(bash|python)\n(.*?)```", section, re.S):
+        if lang == "bash" and "make " in code:
+            continue                      # `make run` itself is what the test starts
+        parts.append(code if lang == "bash" else f'"$PYTHON" - <<\'PY\'\n{code}PY\n')
+    return "\n".join(parts).replace("127.0.0.1:8080", f"127.0.0.1:{port}")
 
 
 def _serve_args() -> list[str]:
@@ -40,12 +55,12 @@ async def test_make_run_command_serves_and_streams_with_the_printed_dev_key(tmp_
         key = None
         for _ in range(40):
             line = (await asyncio.to_thread(proc.stdout.readline)).decode()
-            m = re.search(r"(sk-dev-[A-Za-z0-9_-]+)", line)
+            m = re.search(r"^    export LLM_SERVICE_MASTER_KEY=(sk-dev-[A-Za-z0-9_-]+)$", line)
             if m:
                 key = m.group(1)
             if "listening on" in line:
                 break
-        assert key, "no dev key printed"
+        assert key, "no export line with the dev key printed"
         body = {"model": "mock", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
         async with aiohttp.ClientSession() as s:
             async with s.post(f"http://127.0.0.1:{port}/v1/chat/completions", data=orjson.dumps(body),
@@ -54,6 +69,24 @@ async def test_make_run_command_serves_and_streams_with_the_printed_dev_key(tmp_
             assert r.status == 200 and raw.endswith(b"data: [DONE]\n\n")
             async with s.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer wrong"}) as r:
                 assert r.status == 401                     # never open, even in dev mode
+        # The quick start, copied into a fresh shell (no key in its environment) in the repository's folder
+        script = quick_start_script(port)
+        assert "export LLM_SERVICE_MASTER_KEY=" in script and "sk-my-master" not in script
+        run = await asyncio.to_thread(
+            subprocess.run, ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
+            text=True, timeout=60, env={**env, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)})
+        assert run.returncode == 0, run.stderr
+        assert "data: [DONE]" in run.stdout and "ChatCompletion(" in run.stdout, run.stdout
+        assert re.search(r"^\[-?0\.\d+, ", run.stdout, re.M), run.stdout        # the embedding printed
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_readme_links_point_inside_the_repository():
+    text = (ROOT / "README.md").read_text()
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        path = (ROOT / target).resolve()
+        assert path.is_relative_to(ROOT.resolve()) and path.exists(), target

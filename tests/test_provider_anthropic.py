@@ -171,6 +171,13 @@ async def test_include_usage_gives_a_usage_chunk_with_cache_tokens(proxy, fake) 
     assert last.choices == [] and last.usage is not None
     assert (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens) == (55, 6, 61)
     assert last.usage.prompt_tokens_details is not None and last.usage.prompt_tokens_details.cached_tokens == 40
+    # cache_creation_input_tokens: next to cached_tokens (OpenRouter's place), in streams and in JSON
+    assert last.usage.prompt_tokens_details.model_dump()["cache_write_tokens"] == 10
+    res = await client.chat.completions.create(model="claude", messages=MSG)
+    assert res.usage is not None and res.usage.prompt_tokens_details is not None
+    details = res.usage.prompt_tokens_details.model_dump(exclude_none=True)
+    assert details == {"cached_tokens": 40, "cache_write_tokens": 10}
+    assert "cache_write_tokens" not in res.usage.model_dump()
 
 
 async def test_parallel_tool_calls_plain_and_streamed(proxy, fake) -> None:

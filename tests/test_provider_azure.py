@@ -158,7 +158,7 @@ async def test_wrong_upstream_key_is_a_gateway_error(start_proxy, fake_azure):
     server = await start_proxy(cfg)
     with pytest.raises(openai.InternalServerError) as e:
         await _client(server).chat.completions.create(model="gpt", messages=MSG)
-    assert e.value.status_code == 502 and e.value.code == "upstream_auth_error"
+    assert e.value.status_code == 502 and e.value.code == "provider_auth_failed" and "'az'" in e.value.message
     assert "not-the-key" not in str(e.value.body)
 
 

@@ -230,7 +230,7 @@ def test_default_credential_chain_from_environment(monkeypatch) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     with pytest.raises(UpstreamError, match="no AWS credentials") as info:
         p.to_wire(chat({"model": "c", "messages": MSG}), Target(provider="b", model=CLAUDE))
-    assert info.value.status == 502
+    assert info.value.status == 502 and info.value.code == "provider_key_missing"
 
 
 async def test_prepare_resolves_the_full_chain_off_the_loop(monkeypatch) -> None:
@@ -406,14 +406,19 @@ async def test_include_usage_chunk_with_cache_tokens(client, fake_bedrock) -> No
     assert (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens) == (1510, 3, 1513)
     assert last.usage.prompt_tokens_details is not None
     assert last.usage.prompt_tokens_details.cached_tokens == 1000
+    assert last.usage.prompt_tokens_details.model_dump()["cache_write_tokens"] == 500
     assert all(c.usage is None for c in chunks[:-1])
+    res = await client.chat.completions.create(model="claude", messages=MSG)
+    assert res.usage is not None and res.usage.prompt_tokens_details is not None
+    assert res.usage.prompt_tokens_details.model_dump()["cache_write_tokens"] == 500
 
 
 @pytest.mark.parametrize(("status", "etype", "message", "exc", "want_status", "code"), [
     (429, "ThrottlingException", "Too many requests", openai.RateLimitError, 429, "rate_limit_exceeded"),
     (400, "ValidationException", "Input is too long for requested model.", openai.BadRequestError, 400,
      "context_length_exceeded"),
-    (403, "AccessDeniedException", "You don't have access to the model", openai.PermissionDeniedError, 403, None),
+    (403, "AccessDeniedException", "refused the gateway's credentials", openai.InternalServerError, 502,
+     "provider_auth_failed"),
     (404, "ResourceNotFoundException", "Model not found", openai.NotFoundError, 404, "model_not_found"),
     (503, "ServiceUnavailableException", "Unavailable", openai.InternalServerError, 503, None),
     (408, "ModelTimeoutException", "Model timed out", openai.InternalServerError, 504, "upstream_timeout"),

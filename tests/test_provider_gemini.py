@@ -270,7 +270,7 @@ async def test_refused_key_is_502_and_never_echoed(client, fake_gemini) -> None:
     with pytest.raises(openai.InternalServerError) as info:
         await client.chat.completions.create(model="gemini", messages=[{"role": "user", "content": "x"}])
     assert info.value.status_code == 502
-    assert info.value.code == "upstream_auth_error"
+    assert info.value.code == "provider_auth_failed" and "provider 'g'" in info.value.message
     assert KEY not in str(info.value.body)
 
 

@@ -5,18 +5,20 @@ Kept apart from proxy/config.py so the accounting code owns its knobs; config.py
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+
+_Rate = Annotated[float, msgspec.Meta(ge=0)]    # a negative price would pay the caller for each token
 
 
 class PriceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """USD per million tokens. Overrides the shipped price table for one model (or one target)."""
 
-    input: float
-    output: float = 0.0
-    cached_input: float | None = None       # prompt tokens read from the provider's cache (default: input)
-    cache_write: float | None = None        # prompt tokens written to the provider's cache (default: input)
+    input: _Rate
+    output: _Rate = 0.0
+    cached_input: _Rate | None = None       # prompt tokens read from the provider's cache (default: input)
+    cache_write: _Rate | None = None        # prompt tokens written to the provider's cache (default: input)
 
 
 class AccountingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

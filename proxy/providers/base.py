@@ -49,6 +49,8 @@ class StreamTranslator(Protocol):
 class Provider(Protocol):
     Settings: ClassVar[type[msgspec.Struct]]
     transport: ClassVar[str]           # "http", or "mock" for the in-process provider
+    # Optional class attribute `api_key_optional = True`: an api_key naming an unset ${VAR} is not a
+    # missing key for this type (bedrock signs with AWS credentials; mock needs none).
     config: ProviderConfig
 
     def to_wire(self, call: ChatCall, target: Target) -> WireRequest: ...

@@ -27,7 +27,13 @@ import orjson
 
 from proxy.config import ConfigError, ProviderConfig, Target
 from proxy.context import ChatCall, Usage
-from proxy.errors import InvalidRequest, UpstreamError, UpstreamTimeout, upstream_error_for_status
+from proxy.errors import (
+    InvalidRequest,
+    ProviderKeyMissing,
+    UpstreamError,
+    UpstreamTimeout,
+    upstream_error_for_status,
+)
 from proxy.providers.base import WireRequest, retry_after_seconds
 from proxy.providers.bedrock_stream import ConverseStreamTranslator
 from proxy.providers.bedrock_wire import (
@@ -56,6 +62,7 @@ class BedrockSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 class BedrockProvider:
     Settings = BedrockSettings
     transport = "http"
+    api_key_optional = True     # an empty api_key means SigV4 with AWS credentials, not a missing key
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
@@ -94,9 +101,9 @@ class BedrockProvider:
             # to_wire without prepare (tests, tools): environment variables only, no blocking I/O.
             creds = self._botocore.credentials.EnvProvider().load()
         if creds is None:
-            raise UpstreamError(f"provider '{self.config.name}': no AWS credentials (set aws_access_key_id/"
-                                "aws_secret_access_key, AWS_* environment variables, or api_key)",
-                                status=502, type="upstream_auth_error", code="upstream_auth_error")
+            raise ProviderKeyMissing(self.config.name, "AWS credentials",
+                                     "no AWS credentials (set aws_access_key_id/aws_secret_access_key, "
+                                     "AWS_* environment variables, or api_key)")
         return creds.get_frozen_credentials()
 
     def _signed(self, url: str, body: bytes, accept: str) -> WireRequest:
@@ -195,7 +202,7 @@ ERROR_STATUS = {
     "ValidationException": 400, "AccessDeniedException": 403, "ResourceNotFoundException": 404,
     "ServiceUnavailableException": 503, "ModelNotReadyException": 503,
     "InternalServerException": 500, "ModelErrorException": 500, "ModelStreamErrorException": 500,
-    # Our credentials were refused: a gateway fault (401 maps to 502 upstream_auth_error).
+    # Our credentials were refused: a gateway fault (401 maps to 502 provider_auth_failed).
     "UnrecognizedClientException": 401, "InvalidSignatureException": 401, "IncompleteSignatureException": 401,
     "ExpiredTokenException": 401, "MissingAuthenticationTokenException": 401, "InvalidClientTokenId": 401,
     "SignatureDoesNotMatch": 401,

@@ -1,4 +1,5 @@
-"""The built-in offline provider: a deterministic reply derived from the prompt, real usage, streams too.
+"""The built-in offline provider: a deterministic reply derived from the prompt, real usage, streams too;
+tool calls, `n`, structured output and embeddings as OpenAI shapes them (decided in mock_answer.py).
 
 It speaks OpenAI's wire format through an in-process transport, so it exercises the same relay path as
 a real OpenAI-compatible upstream and the default config works with no key and no network.
@@ -19,58 +20,16 @@ from proxy.config import ProviderConfig, Target
 from proxy.context import ChatCall, Usage
 from proxy.errors import UpstreamError
 from proxy.providers.base import WireRequest
+from proxy.providers.mock_answer import MockChoice, MockRefusal, answer, embeddings
 from proxy.providers.openai import PassthroughStream, openai_error, read_answer, upstream_body
 from proxy.streaming.chunks import DONE, wants_usage
-
-WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-         "quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
 
 
 class MockSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reply_tokens: int = 16          # words in each reply (capped by the request's max_tokens)
     token_delay_ms: float = 0.0     # pause between streamed tokens
     first_token_delay_ms: float = 0.0
-
-
-def prompt_text(messages: Any) -> str:
-    parts: list[str] = []
-    for m in messages if isinstance(messages, list) else []:
-        c = m.get("content") if isinstance(m, dict) else None
-        if isinstance(c, str):
-            parts.append(c)
-        elif isinstance(c, list):
-            parts.extend(p.get("text", "") for p in c if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return "\n".join(parts)
-
-
-def count_tokens(text: str) -> int:
-    """A stable stand-in for a tokenizer: about four characters a token, at least one per word."""
-    return max(len(text.split()), (len(text) + 3) // 4)
-
-
-def mock_reply(body: dict[str, Any], reply_tokens: int) -> tuple[list[str], str, Usage]:
-    prompt = prompt_text(body.get("messages"))
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    n = reply_tokens if not isinstance(limit, int) else min(reply_tokens, max(limit, 0))
-    seed = hashlib.sha256(prompt.encode()).digest()
-    tokens = [("" if i == 0 else " ") + WORDS[seed[i % 32] % len(WORDS)] for i in range(n)]
-    finish = "length" if n < reply_tokens else "stop"
-    prompt_tokens = count_tokens(prompt) + 3 * len(body.get("messages") or [])
-    return tokens, finish, Usage(prompt_tokens=prompt_tokens, completion_tokens=n, total_tokens=prompt_tokens + n)
-
-
-def mock_embeddings(body: dict[str, Any], dims: int = 8) -> bytes:
-    """A unit-ish vector per input, derived from its text: equal inputs give equal vectors."""
-    inputs = body["input"] if isinstance(body.get("input"), list) else [body.get("input")]
-    data, tokens = [], 0
-    for i, item in enumerate(inputs):
-        text = item if isinstance(item, str) else orjson.dumps(item).decode()
-        tokens += count_tokens(text)
-        digest = hashlib.sha256(text.encode()).digest()
-        data.append({"object": "embedding", "index": i,
-                     "embedding": [round((digest[j] - 127.5) / 127.5, 6) for j in range(dims)]})
-    return orjson.dumps({"object": "list", "data": data, "model": body.get("model", "mock"),
-                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    embedding_dimensions: int = 8   # vector length when a request sets no `dimensions`
 
 
 class MockResponse:
@@ -100,36 +59,53 @@ class MockTransport:
         body = orjson.loads(wire.body or b"{}")
         if wire.method == "GET":
             return MockResponse(200, orjson.dumps({"object": "list", "data": [{"id": "mock", "object": "model"}]}))
-        if wire.url.endswith("/embeddings"):
-            return MockResponse(200, mock_embeddings(body))
         s = self.settings
-        tokens, finish, usage = mock_reply(body, s.reply_tokens)
-        model, cid, created = body.get("model", "mock"), "chatcmpl-mock" + hashlib.md5(
-            "".join(tokens).encode()).hexdigest()[:16], int(time.time())
+        try:
+            if wire.url.endswith("/embeddings"):
+                return MockResponse(200, embeddings(body, s.embedding_dimensions))
+            choices, usage = answer(body, s.reply_tokens)
+        except MockRefusal as e:
+            return MockResponse(400, e.body())
+        model, created = body.get("model", "mock"), int(time.time())
+        cid = "chatcmpl-mock" + hashlib.md5(orjson.dumps([[c.pieces, c.tool_calls] for c in choices])).hexdigest()[:16]
         if s.first_token_delay_ms:
             await asyncio.sleep(s.first_token_delay_ms / 1000)
         if not body.get("stream"):
             return MockResponse(200, orjson.dumps({
                 "id": cid, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
-                             "logprobs": None, "finish_reason": finish}],
+                "choices": [{"index": i, "message": _message(c), "logprobs": None, "finish_reason": c.finish}
+                            for i, c in enumerate(choices)],
                 "usage": usage.openai()}))
-        return MockResponse(200, chunks=self._stream(cid, created, model, tokens, finish, usage, wants_usage(body)))
+        return MockResponse(200, chunks=self._stream(cid, created, model, choices, usage, wants_usage(body)))
 
-    async def _stream(self, cid: str, created: int, model: str, tokens: list[str], finish: str, usage: Usage,
+    async def _stream(self, cid: str, created: int, model: str, choices: list[MockChoice], usage: Usage,
                       include_usage: bool) -> AsyncIterator[bytes]:
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        """OpenAI's chunk sequence per choice: role, content pieces (or each tool call's id and name, then its
+        arguments in pieces, by index), the finish reason; then the usage chunk if asked, then [DONE]."""
+        def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
             obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+                   "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
             return b"data: " + orjson.dumps(obj) + b"\n\n"
 
         delay = self.settings.token_delay_ms / 1000
-        yield chunk({"role": "assistant", "content": ""})
-        for t in tokens:
-            if delay:
-                await asyncio.sleep(delay)
-            yield chunk({"content": t})
-        yield chunk({}, finish)
+        for i, c in enumerate(choices):
+            if not c.tool_calls:
+                yield chunk(i, {"role": "assistant", "content": ""})
+            for k, call in enumerate(c.tool_calls):
+                head = {"index": k, "id": call["id"], "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""}}
+                yield chunk(i, {"role": "assistant", "content": None, "tool_calls": [head]} if k == 0
+                            else {"tool_calls": [head]})
+                args = call["function"]["arguments"]
+                for j in range(0, len(args), 16):
+                    if delay:
+                        await asyncio.sleep(delay)
+                    yield chunk(i, {"tool_calls": [{"index": k, "function": {"arguments": args[j:j + 16]}}]})
+            for piece in c.pieces:
+                if delay:
+                    await asyncio.sleep(delay)
+                yield chunk(i, {"content": piece})
+            yield chunk(i, {}, c.finish)
         if include_usage:
             obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                    "choices": [], "usage": usage.openai()}
@@ -140,9 +116,16 @@ class MockTransport:
         pass
 
 
+def _message(c: MockChoice) -> dict[str, Any]:
+    if c.tool_calls:
+        return {"role": "assistant", "content": None, "tool_calls": c.tool_calls, "refusal": None}
+    return {"role": "assistant", "content": "".join(c.pieces), "refusal": None}
+
+
 class MockProvider:
     Settings = MockSettings
     transport = "mock"
+    api_key_optional = True
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config

@@ -18,7 +18,14 @@ import backoff
 
 from proxy.config import Config, ModelConfig, Target
 from proxy.context import ChatCall, Reply
-from proxy.errors import ProxyError, Unavailable, UpstreamError, UpstreamTimeout
+from proxy.errors import (
+    ProviderAuthFailed,
+    ProviderKeyMissing,
+    ProxyError,
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from proxy.providers.base import WireRequest
 from proxy.routing.backends import Backend
 from proxy.routing.deadlines import Deadlines
@@ -45,9 +52,9 @@ class _Throttled(Exception):
 
 def _retry_same_target(e: Exception) -> bool:
     """backoff's give-up test: retry the same target only on connection errors and 5xx/408/409.
-    429, timeouts and context-length errors move on to the next target instead."""
+    429, timeouts, context-length errors and refused credentials move on to the next target instead."""
     return not (isinstance(e, UpstreamError) and e.retryable and e.status in SAME_TARGET_RETRY
-                and not isinstance(e, UpstreamTimeout))
+                and not isinstance(e, UpstreamTimeout | ProviderAuthFailed))
 
 
 class Router:
@@ -162,6 +169,8 @@ class Router:
         call.attempts += 1
         call.target = target
         try:
+            if backend.config.api_key_missing:       # its ${VAR} was unset at start: nothing to send
+                raise ProviderKeyMissing(backend.name, backend.config.api_key_missing)
             prepare = getattr(backend.provider, "prepare", None)
             if prepare is not None:
                 await prepare(target, backend.transport)   # e.g. fetch a model's supported params (cached)
@@ -174,6 +183,8 @@ class Router:
                         stack.enter_context(scope(call, target, wire))
                     reply = await self._send(call, target, backend, wire)
         except UpstreamError as e:
+            if isinstance(e, ProviderAuthFailed):
+                e.naming(backend.name)
             self._account_failure(st, e)
             raise
         except BaseException:
@@ -193,7 +204,9 @@ class Router:
         self.health.end(st)
         if e.status == 429:
             self.health.failure(st, e.message, cooldown=e.retry_after if e.retry_after is not None else 1.0)
-        elif e.status >= 500 or e.status in (408, 409) or e.code == "upstream_auth_error":
+        elif isinstance(e, ProviderAuthFailed):
+            self.health.neutral(st)         # the gateway's configuration, not the target's health
+        elif e.status >= 500 or e.status in (408, 409):
             self.health.failure(st, e.message)
         else:
             self.health.neutral(st)

@@ -13,8 +13,8 @@ from aiohttp import web
 
 class FakeOpenAI:
     """`mode` picks the behaviour of the next requests:
-    ok | error500 | error400 | error429 | reset | reset_midstream | slow_first_byte | no_done | garbage;
-    by_prompt: each request's last message content names its mode."""
+    ok | error500 | error400 | error401 | error403 | error429 | reset | reset_midstream | slow_first_byte |
+    no_done | garbage; by_prompt: each request's last message content names its mode."""
 
     def __init__(self) -> None:
         self.mode = "ok"
@@ -56,6 +56,10 @@ class FakeOpenAI:
             return web.json_response({"error": {"message": "Invalid value for 'temperature'.",
                                                 "type": "invalid_request_error", "param": "temperature",
                                                 "code": "invalid_value"}}, status=400)
+        if mode in ("error401", "error403"):        # OpenAI's own wording quotes the key's last characters
+            return web.json_response({"error": {"message": "Incorrect API key provided: sk-upstr*******cret.",
+                                                "type": "invalid_request_error", "param": None,
+                                                "code": "invalid_api_key"}}, status=int(mode[-3:]))
         if mode == "context_length":
             return web.json_response({"error": {"message": "This model's maximum context length is 8000 tokens.",
                                                 "type": "invalid_request_error", "param": "messages",
