@@ -9,7 +9,8 @@ from aiohttp import web
 
 from proxy.api import admin, admin_budgets, admin_cache, admin_providers, chat, health, models, quota, usage
 from proxy.api import metrics as metrics_api
-from proxy.api.http import cors, errors
+from proxy.api.auth_throttle import AuthThrottle
+from proxy.api.http import edge
 from proxy.audit import denial_recorder
 from proxy.config import Config
 from proxy.cost.accounting import Accounting
@@ -41,7 +42,7 @@ def build_gateway(config: Config, keys: KeyStore | None = None) -> Gateway:
     accounting = AccountingStage(acct) if acct is not None else None
     stages: list[Stage | Check] = [
         AuthStage(auth),        # checks (before the call only) run one after another in one frame
-        ValidateStage(),
+        ValidateStage(config.server.max_output_tokens),
         router.planner,         # resolve the model, check the key's scope, order the targets: once
         limits,                 # rate limits: every level in one atomic step; a cache hit still counts
         *([accounting] if accounting is not None else []),   # budget reserve; at the end price, record, settle
@@ -60,12 +61,19 @@ def build_gateway(config: Config, keys: KeyStore | None = None) -> Gateway:
 
 def build_app(config: Config, gateway: Gateway | None = None) -> web.Application:
     gw = gateway or build_gateway(config, KeyStore(config))
-    # 401/403 -> audit log (batched); every error -> OpenAI's envelope
-    middlewares = [errors(denial_recorder(gw.keys.audit) if gw.keys is not None else None)]
-    if config.server.cors_origins:
-        middlewares.append(cors(config.server.cors_origins))
-    app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes,
-                          handler_args={"max_field_size": config.server.max_header_bytes})
+    server = config.server
+    # One middleware for everything HTTP: request id, CORS, the body's type and deadline, every error in
+    # OpenAI's envelope (CORS headers included); 401/403 and throttled bad keys -> audit log (batched).
+    middlewares = [edge(cors_origins=server.cors_origins, body_timeout=server.body_timeout,
+                        on_denied=denial_recorder(gw.keys.audit) if gw.keys is not None else None,
+                        throttle=AuthThrottle(server.auth_failures_per_minute))]
+    # aiohttp closes a connection that has not sent a whole request within keepalive_timeout of opening
+    # (or of its last answer): that is the header deadline, slow-header sockets included. After an
+    # answer to a body never finished (408, 413) it reads what still comes for lingering_time, then closes.
+    app = web.Application(middlewares=middlewares, client_max_size=server.max_body_bytes,
+                          handler_args={"max_field_size": server.max_header_bytes,
+                                        "keepalive_timeout": server.header_timeout,
+                                        "lingering_time": min(10.0, server.body_timeout)})
     app[GATEWAY] = gw
     app.on_cleanup.append(_settle_ends)      # first: every call's end settles before anything closes
     app.router.add_post("/v1/chat/completions", chat.chat_completions)

@@ -96,7 +96,8 @@ def client_ip(request: web.Request) -> str | None:
 
 
 def denial_recorder(audit: AuditLog):
-    """For the errors middleware: each 401 or 403 on any route becomes an audit event (queued)."""
+    """For the errors middleware: each 401, 403 or throttled auth failure (429) on any route becomes an
+    audit event (queued)."""
     from proxy.api.parse import credential_from
 
     def record(request: web.Request, e: ProxyError) -> None:
@@ -104,7 +105,7 @@ def denial_recorder(audit: AuditLog):
         hint = credential_hint(credential_from(request.headers))
         if hint:
             detail["key_prefix"] = hint
-        action = "auth.failure" if e.status == 401 else "auth.forbidden"
+        action = {401: "auth.failure", 429: "auth.throttled"}.get(e.status, "auth.forbidden")
         audit.enqueue(action, request.get(ACTOR, "anonymous"), ip=client_ip(request), detail=detail)
 
     return record

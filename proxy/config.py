@@ -28,10 +28,12 @@ _NonNeg = Annotated[float, msgspec.Meta(ge=0)]
 _Positive = Annotated[float, msgspec.Meta(gt=0)]
 _Bytes = Annotated[int, msgspec.Meta(ge=0)]
 _Count = Annotated[int, msgspec.Meta(ge=0)]
+_PosInt = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     connect: _Positive = 5.0       # TCP + TLS connect
+    pool: _Positive = 10.0         # waiting for one of max_connections; past it 503 server_overloaded (ours)
     first_byte: _Positive = 60.0   # request sent -> response headers (and first stream chunk)
     idle: _Positive = 60.0         # gap between two stream chunks
     total: _Positive = 600.0       # whole request, stream included
@@ -48,6 +50,11 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     secret: str = ""               # HMAC key for stored key hashes; empty: plain SHA-256
     write_timeout: float = 60.0    # seconds one write to a client may wait (a reader that stopped reading)
     dev_key_file: str = "data/dev-master-key"   # no master_key: the dev key is kept here (0600); "" = never written
+    header_timeout: _Positive = 60.0   # connection open (or last answer sent) -> request headers complete
+    body_timeout: _Positive = 60.0     # headers complete -> request body complete; past it 408
+    max_upstream_response_bytes: _PosInt = 32 * 1024 * 1024   # a non-streamed body, or one stream line/event
+    max_output_tokens: _PosInt = 262_144   # cap on a request's max_tokens / max_completion_tokens
+    auth_failures_per_minute: _Bytes = 20   # bad keys from one client address before 429; 0 = unlimited
 
 
 class StorageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -153,11 +160,19 @@ class BreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     cooldown: _NonNeg = 30.0            # seconds it stays open before one half-open probe
 
 
+class RetryBudget(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Envoy's retry budget: retries in flight to a target are capped at a share of its calls in flight."""
+
+    ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2   # share of the target's calls in flight that may be retrying
+    min_retries: _Bytes = 3   # retries always allowed at once, however few calls are in flight
+
+
 class RoutingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     retries: _Count = 1                 # extra tries on the same target (connection errors, 5xx), with backoff
     backoff_base: _NonNeg = 0.05        # seconds; exponential with full jitter
     backoff_max: _NonNeg = 2.0
     breaker: BreakerConfig = BreakerConfig()
+    retry_budget: RetryBudget = RetryBudget()
     health_check_interval: _NonNeg = 0.0   # seconds between active provider health checks; 0 = off
     drain_seconds: _NonNeg = 30.0       # on SIGTERM, how long in-flight requests may finish
     rate_limit_wait: _NonNeg = 5.0      # longest wait for a target cooling down after an upstream 429

@@ -1,7 +1,9 @@
-"""The only aiohttp middlewares: request id, CORS, and rendering every error as OpenAI's JSON envelope."""
+"""The only aiohttp middleware: request id, CORS, the request body's type and deadline, and rendering
+every error as OpenAI's JSON envelope (with the CORS headers, so a browser app can read it)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable
@@ -10,7 +12,8 @@ from random import getrandbits
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from proxy.errors import NotFound, PayloadTooLarge, ProxyError
+from proxy.api.auth_throttle import AuthThrottle
+from proxy.errors import Forbidden, NotFound, PayloadTooLarge, ProxyError, RateLimited
 from proxy.gateway import GATEWAY
 
 log = logging.getLogger("proxy.http")
@@ -24,9 +27,14 @@ EXPOSED = ("x-request-id, x-llm-provider, x-llm-upstream-model, x-llm-attempts, 
            "x-ratelimit-reset-tokens, retry-after")
 
 
-def error_response(err: ProxyError, request_id: str) -> web.Response:
-    return web.Response(body=err.body(), status=err.status, content_type="application/json",
-                        headers={**err.headers, "x-request-id": request_id})
+def error_response(err: ProxyError, request_id: str, extra: dict[str, str] | None = None) -> web.Response:
+    headers = {**err.headers, "x-request-id": request_id}
+    if extra:
+        headers.update(extra)
+    resp = web.Response(body=err.body(), status=err.status, content_type="application/json", headers=headers)
+    if err.status == 408:
+        resp.force_close()          # the rest of the body may still come: this connection is done
+    return resp
 
 
 def new_request_id() -> str:
@@ -36,10 +44,21 @@ def new_request_id() -> str:
 
 Denied = Callable[[web.Request, ProxyError], None]
 
+# application/octet-stream is what HTTP libraries send for bytes given no type (aiohttp's `data=bytes`):
+# "unspecified", like no Content-Type at all. Form, multipart and text/plain bodies (what a browser may
+# send cross-site without a preflight) are refused.
+_JSON_TYPES = frozenset({"application/json", "application/octet-stream"})
 
-def errors(on_denied: Denied | None = None) -> Middleware:
-    """The outermost middleware: a request id on every answer, every error as OpenAI's JSON envelope.
-    `on_denied` sees each 401/403 (the audit log records them)."""
+
+def edge(*, cors_origins: list[str] | tuple[str, ...] = (), body_timeout: float = 60.0,
+         on_denied: Denied | None = None, throttle: AuthThrottle | None = None) -> Middleware:
+    """The one middleware: a request id on every answer; CORS (preflights answered, a disallowed origin's
+    preflight 403, the headers on every answer to an allowed origin, errors included); the body checked
+    (JSON only, whole within `body_timeout`); every error as OpenAI's JSON envelope. `on_denied` sees each
+    401/403 and each throttled auth failure (the audit log records them); `throttle` turns an address's
+    bad keys past its limit into 429. One frame, not one per concern: it wraps every request."""
+    allow_any = "*" in cors_origins
+    allowed = frozenset(cors_origins)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -47,56 +66,81 @@ def errors(on_denied: Denied | None = None) -> Middleware:
         if not _REQUEST_ID.match(rid):
             rid = new_request_id()
         request[REQUEST_ID] = rid
+        cors_headers: dict[str, str] | None = None
         try:
+            origin = request.headers.get("Origin")
+            if origin is not None:
+                preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+                if allow_any or origin in allowed:
+                    cors_headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+                                    "Access-Control-Expose-Headers": EXPOSED}
+                    if preflight:
+                        return _preflight(request, cors_headers, rid)
+                    request[CORS_HEADERS] = cors_headers  # a stream is prepared inside the handler: it adds them
+                elif preflight:
+                    raise Forbidden(f"Cross-origin requests from {origin[:200]} are not allowed.",
+                                    code="cors_origin_not_allowed")
+            if request.body_exists:
+                await _read_body(request, body_timeout)
             resp = await handler(request)
         except ProxyError as e:
-            if on_denied is not None and e.status in (401, 403):
+            if e.status == 401 and throttle is not None and (wait := throttle.failed(request.remote)) is not None:
+                e = RateLimited("Too many requests with invalid API keys from this address; try again later.",
+                                code="auth_throttled", headers={"retry-after": str(wait)})
+            if on_denied is not None and (e.status in (401, 403) or e.code == "auth_throttled"):
                 on_denied(request, e)
-            return error_response(e, rid)
+            return error_response(e, rid, cors_headers)
         except web.HTTPRequestEntityTooLarge:
             limit = request.app[GATEWAY].config.server.max_body_bytes
-            return error_response(PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes."), rid)
+            return error_response(PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes."), rid,
+                                  cors_headers)
         except web.HTTPException as e:
             if e.status == 404:
-                return error_response(NotFound(f"Unknown request URL: {request.method} {request.path}."), rid)
+                return error_response(NotFound(f"Unknown request URL: {request.method} {request.path}."), rid,
+                                      cors_headers)
             if e.status == 405:
                 return error_response(ProxyError(f"Method {request.method} is not allowed on {request.path}.",
                                                  status=405, type="invalid_request_error",
-                                                 code="method_not_allowed"), rid)
+                                                 code="method_not_allowed"), rid, cors_headers)
             if e.status >= 400:
-                return error_response(ProxyError(e.reason, status=e.status, type="invalid_request_error"), rid)
+                return error_response(ProxyError(e.reason, status=e.status, type="invalid_request_error"), rid,
+                                      cors_headers)
             raise
         except Exception:
             log.exception("unhandled error on %s %s (request %s)", request.method, request.path, rid)
-            return error_response(ProxyError("The server had an error while processing your request."), rid)
+            return error_response(ProxyError("The server had an error while processing your request."), rid,
+                                  cors_headers)
         if not resp.prepared:
             resp.headers.setdefault("x-request-id", rid)
+            if cors_headers is not None:
+                resp.headers.update(cors_headers)
         return resp
 
     return middleware
 
 
-def cors(origins: list[str]):
-    """CORS for browser apps: preflight answered, our headers exposed so streams and limits are readable."""
-    allow_any = "*" in origins
-    allowed = frozenset(origins)
+def _preflight(request: web.Request, cors_headers: dict[str, str], rid: str) -> web.Response:
+    req_headers = request.headers.get("Access-Control-Request-Headers", "authorization, content-type")
+    return web.Response(status=204, headers={
+        **cors_headers, "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
+        "Access-Control-Allow-Headers": req_headers, "Access-Control-Max-Age": "600", "x-request-id": rid})
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if not origin or not (allow_any or origin in allowed):
-            return await handler(request)
-        cors_headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
-                        "Access-Control-Expose-Headers": EXPOSED}
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            req_headers = request.headers.get("Access-Control-Request-Headers", "authorization, content-type")
-            return web.Response(status=204, headers={
-                **cors_headers, "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
-                "Access-Control-Allow-Headers": req_headers, "Access-Control-Max-Age": "600"})
-        request[CORS_HEADERS] = cors_headers      # a stream is prepared inside the handler: it adds them
-        resp = await handler(request)
-        if not resp.prepared:
-            resp.headers.update(cors_headers)
-        return resp
 
-    return middleware
+async def _read_body(request: web.Request, seconds: float) -> None:
+    """A body must be JSON (415 otherwise) and arrive within `seconds` of its headers: a body shorter than
+    its Content-Length gets 408, not a held connection. Read here once; the handler's `request.read()`
+    returns the buffered bytes."""
+    ctype = request.headers.get("Content-Type")
+    if ctype is not None:
+        media = ctype.partition(";")[0].strip().lower()
+        if media not in _JSON_TYPES and not media.endswith("+json"):
+            raise ProxyError(f"Unsupported Content-Type {media[:100]!r}: send application/json.",
+                             status=415, type="invalid_request_error", code="unsupported_media_type")
+    if request.content.is_eof():          # usually here already, with the headers: no timer
+        return
+    try:
+        async with asyncio.timeout(seconds):
+            await request.read()
+    except TimeoutError:
+        raise ProxyError(f"The request body did not arrive within {seconds:g}s.", status=408,
+                         type="invalid_request_error", code="request_timeout") from None

@@ -11,6 +11,17 @@ from proxy.errors import InvalidRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "cookie", "proxy-authorization"})
+# Body fields some SDKs and gateways accept to pick the upstream URL or credentials per request. A client
+# must never choose them: refused, not forwarded.
+ROUTING_FIELDS = frozenset({
+    "api_base", "base_url", "api_key", "api_version", "api_type", "azure_endpoint", "azure_deployment",
+    "azure_ad_token", "azure_ad_token_provider", "organization", "project", "custom_llm_provider",
+    "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_region_name", "aws_profile_name",
+    "aws_role_name", "aws_web_identity_token", "aws_bedrock_runtime_endpoint", "vertex_project",
+    "vertex_location", "vertex_credentials", "vertex_ai_project", "vertex_ai_location", "endpoint",
+    "endpoint_url", "proxy", "proxy_url", "extra_headers", "headers",
+})
+MAX_N = 128
 
 
 def decode_json(raw: bytes) -> dict[str, Any]:
@@ -18,7 +29,8 @@ def decode_json(raw: bytes) -> dict[str, Any]:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise InvalidRequest("We could not parse the JSON body of your request. (HINT: This likely means you "
-                             "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)") from None
+                             "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
+                             code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body
@@ -42,13 +54,23 @@ def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> None:
                              code="invalid_value" if isinstance(v, int | float) else "invalid_type")
 
 
-def _positive_int(body: dict[str, Any], name: str) -> None:
+def _int_within(body: dict[str, Any], name: str, hi: int) -> None:
     v = body.get(name)
     if v is None:
         return
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise InvalidRequest(f"Invalid '{name}': expected an integer of at least 1.", param=name,
-                             code="invalid_value" if isinstance(v, int) else "invalid_type")
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+        raise InvalidRequest(f"Invalid '{name}': expected an integer from 1 to {hi}.", param=name,
+                             code="invalid_value" if isinstance(v, int) and not isinstance(v, bool)
+                             else "invalid_type")
+
+
+def refuse_routing_fields(body: dict[str, Any]) -> None:
+    """A client may not pick the upstream URL or credentials (`api_base`, `api_key`, ...)."""
+    if not ROUTING_FIELDS.isdisjoint(body):
+        name = min(ROUTING_FIELDS.intersection(body))
+        raise InvalidRequest(f"Unrecognized request argument supplied: '{name}'. The upstream URL and "
+                             f"credentials are the gateway's configuration, not the request's.", param=name,
+                             code="unsupported_parameter")
 
 
 def _apply_seed_options(body: dict[str, Any]) -> None:
@@ -77,9 +99,10 @@ def chat_call(body: dict[str, Any], headers: Any, *, ingress: str = "rest",
     )
 
 
-def validate_chat(call: ChatCall) -> None:
+def validate_chat(call: ChatCall, max_output_tokens: int = 262_144) -> None:
     """Raise a 400 naming the first bad `param`; normalise the seed's `options` into top-level fields."""
     body = call.body
+    refuse_routing_fields(body)
     _apply_seed_options(body)
     model = body.get("model")
     if model is None:
@@ -112,8 +135,9 @@ def validate_chat(call: ChatCall) -> None:
         raise InvalidRequest("Invalid 'stream': expected a boolean.", param="stream", code="invalid_type")
     _number(body, "temperature", 0, 2)
     _number(body, "top_p", 0, 1)
-    for name in ("max_tokens", "max_completion_tokens", "n"):
-        _positive_int(body, name)
+    _int_within(body, "max_tokens", max_output_tokens)
+    _int_within(body, "max_completion_tokens", max_output_tokens)
+    _int_within(body, "n", MAX_N)
     so = body.get("stream_options")
     if so is not None and not isinstance(so, dict):
         raise InvalidRequest("Invalid 'stream_options': expected an object.", param="stream_options",
@@ -123,6 +147,7 @@ def validate_chat(call: ChatCall) -> None:
 
 def validate_embeddings(call: ChatCall) -> None:
     body = call.body
+    refuse_routing_fields(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("You must provide a model parameter.", param="model",

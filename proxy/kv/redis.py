@@ -26,23 +26,48 @@ _BATCH = 500
 
 
 class Breaker:
-    """Open for `cooldown` seconds after a failure; then one call may try again (half-open)."""
+    """Open for `cooldown` seconds after a failure; then one call probes (half-open) while the others go
+    on skipping Redis, until the probe's answer closes or re-opens it: a cooldown's end costs one call a
+    timeout, not every call in flight. A probe that never reports (cancelled) frees the half-open place
+    after `probe_timeout`."""
 
-    __slots__ = ("cooldown", "open_until")
+    __slots__ = ("cooldown", "open_until", "probe_timeout", "probe_until")
 
-    def __init__(self, cooldown: float) -> None:
+    def __init__(self, cooldown: float, probe_timeout: float = 1.0) -> None:
         self.cooldown = cooldown
+        self.probe_timeout = probe_timeout
         self.open_until = 0.0
+        self.probe_until = 0.0
+
+    @property
+    def closed(self) -> bool:
+        return self.open_until == 0.0
 
     @property
     def is_open(self) -> bool:
-        return time.monotonic() < self.open_until
+        """Would a call skip Redis now? (No side effect: `allow` is the one that admits a probe.)"""
+        if self.open_until == 0.0:
+            return False
+        now = time.monotonic()
+        return now < self.open_until or now < self.probe_until
+
+    def allow(self) -> bool:
+        """May this call use Redis? Closed: yes; open: no; half-open: yes for the one probe."""
+        if self.open_until == 0.0:
+            return True
+        now = time.monotonic()
+        if now < self.open_until or now < self.probe_until:
+            return False
+        self.probe_until = now + self.probe_timeout
+        return True
 
     def trip(self) -> None:
         self.open_until = time.monotonic() + self.cooldown
+        self.probe_until = 0.0
 
     def reset(self) -> None:
         self.open_until = 0.0
+        self.probe_until = 0.0
 
 
 class RedisKV:
@@ -50,7 +75,7 @@ class RedisKV:
                  cooldown: float = 5.0, client: Redis | None = None) -> None:
         self.prefix = prefix
         self.timeout = timeout
-        self.breaker = Breaker(cooldown)
+        self.breaker = Breaker(cooldown, probe_timeout=timeout * 2)
         self.client = client or Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
             health_check_interval=0)
@@ -62,13 +87,13 @@ class RedisKV:
         return f"{self.prefix}t:{tag}"
 
     async def _run(self, op: Callable[[], Awaitable[T]], budget: float | None = None) -> T:
-        if self.breaker.is_open:
+        if not self.breaker.allow():
             raise KVError("redis circuit open")
         try:
             async with asyncio.timeout(budget or self.timeout * 2):
                 result = await op()
         except (RedisError, OSError, TimeoutError) as e:
-            if not self.breaker.is_open:
+            if self.breaker.closed:
                 # The URL may hold a password: log only the error class.
                 log.warning("redis cache unavailable (%s); skipping it for %gs", type(e).__name__,
                             self.breaker.cooldown)

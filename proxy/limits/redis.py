@@ -133,7 +133,7 @@ class RedisLimiter:
         self.prefix = prefix
         self.timeout = timeout
         self.lease_ttl = lease_ttl
-        self.breaker = Breaker(cooldown)
+        self.breaker = Breaker(cooldown, probe_timeout=timeout * 2)
         self.client = client or Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
             health_check_interval=0)
@@ -165,14 +165,14 @@ class RedisLimiter:
 
     async def _run(self, keys: list, args: list) -> list | None:
         """One round trip; None when Redis is down, paused or slow (then the breaker skips it a while)."""
-        if self.breaker.is_open:
+        if not self.breaker.allow():
             return None
         try:
             async with asyncio.timeout(self.timeout * 2):
                 res = await self.script(keys=keys, args=args)
         except (RedisError, OSError, TimeoutError) as e:
             self.stats["redis_errors"] += 1
-            if not self.breaker.is_open:
+            if self.breaker.closed:
                 log.warning("redis rate limiter unavailable (%s); failure policies apply for %gs",
                             type(e).__name__, self.breaker.cooldown)     # never the URL: it may hold a password
             self.breaker.trip()

@@ -9,8 +9,11 @@ from proxy.context import ChatCall
 class ValidateStage:
     traced = False          # no span of its own: µs of bookkeeping (see Tracing.bind_checks)
 
+    def __init__(self, max_output_tokens: int = 262_144) -> None:
+        self.max_output_tokens = max_output_tokens      # server.max_output_tokens
+
     def check(self, call: ChatCall) -> None:
         if call.endpoint == "chat.completions":
-            validate_chat(call)
+            validate_chat(call, self.max_output_tokens)
         elif call.endpoint == "embeddings":
             validate_embeddings(call)

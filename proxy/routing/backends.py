@@ -27,6 +27,6 @@ def build_backends(config: Config) -> dict[str, Backend]:
             from proxy.providers.mock import MockTransport
             transport = MockTransport(pc)
         else:
-            transport = HttpTransport(pc)
+            transport = HttpTransport(pc, config.server.max_upstream_response_bytes)
         out[name] = Backend(name, pc, adapter, transport)
     return out

@@ -27,11 +27,13 @@ from proxy.errors import (
     UpstreamTimeout,
 )
 from proxy.providers.base import WireRequest
+from proxy.redact import RedactingStream, Redactor
 from proxy.routing.backends import Backend
 from proxy.routing.deadlines import Deadlines
 from proxy.routing.health import Health, TargetState
 from proxy.routing.models import ModelCatalog
 from proxy.routing.plan import Planner
+from proxy.routing.retry_budget import RetryBudget
 from proxy.streaming.relay import relay
 from proxy.upstream import UpstreamResponse
 
@@ -66,6 +68,8 @@ class Router:
         self.planner = Planner(self.models, self.health)
         self.attempt_scopes: list[AttemptScope] = []
         self.deadlines = Deadlines()          # one sweeping timer for every exchange in flight
+        self.redactor = Redactor.from_config(config)   # upstream messages lose every secret here
+        self.retry_budget = RetryBudget(config.routing.retry_budget)
         r = config.routing
         # The first try of a target, and the first routing pass, run bare: backoff's wrapper costs ~7% of
         # a request's CPU, so it is entered only once something failed (the common case pays nothing).
@@ -123,9 +127,13 @@ class Router:
                 try:
                     reply = await self._tracked_attempt(call, target)
                 except UpstreamError as e:
-                    if self.routing.retries < 1 or _retry_same_target(e):
+                    if (self.routing.retries < 1 or _retry_same_target(e)
+                            or not self.retry_budget.take(st := self.health.of(target))):
                         raise
-                    reply = await self._retry(call, target)
+                    try:
+                        reply = await self._retry(call, target)
+                    finally:
+                        self.retry_budget.give(st)
                 call.response_headers["x-llm-attempts"] = str(call.attempts)
                 return reply
             except UpstreamError as e:
@@ -239,7 +247,7 @@ class Router:
                     return Reply(body=out, headers=headers)
                 phase = "sent no first chunk"
                 timer.reschedule(loop.time() + max(0.0, min(first_byte_limit, deadline - loop.time())))
-                translator = backend.provider.new_stream(call, target)
+                translator = RedactingStream(backend.provider.new_stream(call, target), self.redactor)
                 chunks = resp.iter_chunks().__aiter__()
                 first = await anext(chunks)
         except TimeoutError:
@@ -251,8 +259,10 @@ class Router:
             if resp is not None:
                 resp.release()
             raise UpstreamError(f"provider '{backend.name}' closed the stream before sending anything") from None
-        except UpstreamError:
-            raise
+        except UpstreamError as e:
+            if resp is not None:
+                resp.release()          # an error before the stream was handed out: the connection is done
+            raise self.redactor.error(e) from None     # before any scope, log or ledger sees it
         except BaseException:
             if resp is not None:
                 resp.release()

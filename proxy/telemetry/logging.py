@@ -7,7 +7,6 @@ produced it, so a key that slips into an exception message or a third-party log 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 from typing import IO, Any
@@ -15,31 +14,10 @@ from typing import IO, Any
 import orjson
 
 from proxy.context import ChatCall
+from proxy.redact import redact
 from proxy.telemetry import facts
 
 ACCESS = logging.getLogger("proxy.access")
-
-_TOKEN = r"[A-Za-z0-9._~+/=\-]"
-_SECRETS = re.compile(
-    rf"(?P<bearer>\b(?-i:Bearer|Basic)\s+){_TOKEN}+"                       # Authorization values
-    rf"|\bsk-{_TOKEN}{{4,}}"                                              # OpenAI/Anthropic-style keys
-    r"|\bAKIA[0-9A-Z]{16}\b"                                              # AWS access key ids
-    r"|\bAIza[0-9A-Za-z_\-]{20,}"                                         # Google API keys
-    r"|\bgh[pousr]_[A-Za-z0-9]{20,}"                                      # GitHub tokens
-    rf"|(?P<kv>\b(?:api[_-]?key|x-api-key|api-key|authorization|password|passwd|secret|token|"
-    rf"access[_-]?key|secret[_-]?key)\b[\"']?\s*[:=]\s*[\"']?(?:(?:Bearer|Basic)\s+)?)[^\s\"'&,;}}]+",
-    re.IGNORECASE,
-)
-MASK = "***"
-
-
-def _mask(m: re.Match[str]) -> str:
-    return (m.group("bearer") or m.group("kv") or "") + MASK
-
-
-def redact(text: str) -> str:
-    """Mask anything that looks like a credential: sk-... keys, Bearer tokens, api_key=..., cloud keys."""
-    return _SECRETS.sub(_mask, text)
 
 
 class RedactFilter(logging.Filter):

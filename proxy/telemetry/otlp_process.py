@@ -91,12 +91,15 @@ class ExportProcess:
                 return False
             return True
 
-    async def close(self, within: float = 5.0) -> None:
-        """Close the pipe (the child exports what it holds and exits), then reap it."""
+    async def close(self, within: float | None = None) -> None:
+        """Close the pipe (the child exports what it holds and exits), then reap it. Bounded by the
+        export timeout (default): an unreachable collector cannot hold shutdown longer than one export."""
         self._closed = True
         proc, w = self._proc, self._stdin
         if proc is None:
             return
+        if within is None:
+            within = self.settings.export_timeout
         if w is not None and not w.is_closing():
             w.close()
         try:
