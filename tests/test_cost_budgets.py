@@ -56,6 +56,9 @@ async def test_refused_calls_record_nothing_and_spend_nothing(start_proxy, tmp_p
     for body, headers, want in bad:
         st, b, _ = await request(url, "POST", "/v1/chat/completions", body, headers)
         assert st == want, (body, b)
+    msg = b["error"]["message"]                  # the budget refusal says which, spent, reserved, needed
+    assert "'tiny' (monthly, $0.000010)" in msg and "$0.000000 spent and $0.000000 reserved" in msg, msg
+    assert "could cost up to $0.0000" in msg, msg
     requests, _ = await _count_rows(server)
     assert requests == 0
     for bid in ("tiny", "big"):

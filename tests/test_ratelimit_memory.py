@@ -150,6 +150,7 @@ async def test_refusals_do_not_count_and_later_errors_carry_headers(start_proxy)
     assert status == 200 and h["x-ratelimit-remaining-requests"] == "9"
     status, h, _ = await _post(server, {"model": "dead", "messages": MSG})   # an error from the router
     assert status == 502 and h["x-ratelimit-remaining-requests"] == "8"
+    assert h["x-llm-provider"] == "dead" and h["x-llm-attempts"] == "1"     # who failed, on the error too
 
 
 async def test_priority_share_is_kept_for_high_priority(start_proxy):

@@ -88,10 +88,23 @@ class Budgets:
                 raise Unavailable("The budget store is unreachable; try again shortly.") from None
             return
         if not ok:
-            raise QuotaExceeded(f"Budget '{budget.id}' is exhausted for this {budget.period} period "
-                                f"(${usd(budget.amount_nanos):.2f}); this request could cost up to "
-                                f"${usd(amount):.6f}.")
+            raise await self._refusal(budget, counter, amount)
         call.holds.append(Hold(budget, counter, amount))
+
+    async def _refusal(self, budget: Budget, counter: str, amount: int) -> QuotaExceeded:
+        """Which budget, its period, what is spent and reserved, and what this call would need (a refusal
+        with nothing spent is the worst-case reservation's doing, and says so)."""
+        try:
+            live = await self.acct.reservations.read(counter)
+        except Exception:
+            live = None
+        spent, reserved = live if live is not None else (None, None)
+        state = (f"${usd(spent):.6f} spent and ${usd(reserved):.6f} reserved by calls in flight"
+                 if spent is not None and reserved is not None else "spend unknown")
+        return QuotaExceeded(
+            f"Budget '{budget.id}' ({budget.period}, ${usd(budget.amount_nanos):.6f}) cannot take this request: "
+            f"{state}; this request could cost up to ${usd(amount):.6f} (its prompt at one token per byte plus "
+            f"max_tokens at the dearest target's rates). Lower max_tokens or raise the budget.")
 
     def worst_case(self, call: ChatCall, hard: bool) -> int:
         body = call.body

@@ -146,6 +146,9 @@ class Router:
         if last is None:
             last = Unavailable(f"No target of model '{call.model}' could take the request.")
         last.headers["x-llm-attempts"] = str(call.attempts)
+        if call.target is not None:            # which provider failed, on the error answer too
+            last.headers.setdefault("x-llm-provider", call.target.provider)
+            last.headers.setdefault("x-llm-upstream-model", call.target.model)
         if (last.status == 429 and last.code != "insufficient_quota" and last.headers.get("x-should-retry") != "false"
                 and (sleep := self._throttle_sleep(call, targets)) is not None):
             raise _Throttled(last, sleep)
