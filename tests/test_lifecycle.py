@@ -234,3 +234,45 @@ async def test_churn_leaves_the_gauges_at_zero_and_one_event_per_call(gateway, f
     rows = await g.gw.keys.ledger.fetch("SELECT request_id, COUNT(*) AS n FROM usage_events GROUP BY request_id")
     per_id = {r[0]: r[1] for r in rows}
     assert set(per_id.values()) == {1} and set(per_id) == set(ended)
+
+
+async def test_a_reader_that_stops_reading_is_cut_off_and_its_call_ended(fake_openai, tmp_path, caplog):
+    """A client that stops reading (a tiny receive buffer, never read) holds nothing for ever: past
+    `server.write_timeout` the connection is aborted, the call ends as `write_stall`, its usage is
+    recorded and its slot and reservation are freed."""
+    import socket
+
+    cfg = make_config(
+        providers={"up": openai_provider(fake_openai)},
+        models=[{"name": "gpt", "targets": [{"provider": "up", "model": "gpt-4o-mini"}],
+                 "price": {"input": 1.0, "output": 2.0}}],
+        server={"write_timeout": 0.3},
+        storage={"database": f"sqlite:///{tmp_path}/ledger.db"}, accounting={"writer": "inline"})
+    app = build_app(cfg)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    g = Gateway(app, runner, f"http://127.0.0.1:{port}", port)
+    try:
+        st, b, _ = await request(g.url, "POST", "/admin/budgets", {"id": "b", "amount_usd": 100, "period": "total"})
+        assert st == 200, b
+        _, k, _ = await request(g.url, "POST", "/admin/keys", {"name": "s", "max_concurrency": 1, "budget_id": "b"})
+        g.key = k["key"]
+        fake_openai.reply = " ".join(["x" * 1000] * 20_000)      # ~20 MB of stream: more than any buffer
+        caplog.set_level(logging.INFO, logger="proxy.access")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        await asyncio.get_running_loop().sock_sendall(sock, raw_request(g, "req_stalled", True))
+        try:
+            events = await settled(g, "req_stalled")                 # never reads a byte
+        finally:
+            sock.close()
+        assert len(events) == 1 and events[0]["status"] == 499
+        await assert_freed(g)
+        line = next(r for r in caplog.records if getattr(r, "fields", {}).get("request_id") == "req_stalled")
+        assert line.fields["ended_by"] == "write_stall"
+    finally:
+        await runner.cleanup()
