@@ -1,0 +1,45 @@
+"""strawberry's aiohttp view, bound to the gateway: the context (who is asking), WebSocket auth at
+connection_init, graphql-transport-ws only, and the per-connection caps from `graphql:` config."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+from strawberry.aiohttp.views import GraphQLView
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types.unset import UNSET, UnsetType
+
+from proxy.api.graphql.auth import Context, GQLError, credential_from_params, headers_without_credentials
+from proxy.api.graphql.schema import build_schema
+from proxy.api.http import REQUEST_ID
+from proxy.api.parse import credential_from
+from proxy.config import GraphQLConfig
+from proxy.gateway import GATEWAY
+
+
+class GatewayGraphQLView(GraphQLView):
+    def __init__(self, cfg: GraphQLConfig) -> None:
+        super().__init__(
+            build_schema(cfg), graphql_ide="graphiql" if cfg.graphiql else None, allow_queries_via_get=True,
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+            connection_init_wait_timeout=timedelta(seconds=cfg.connection_init_timeout),
+            max_subscriptions_per_connection=cfg.max_subscriptions)
+        self.cfg = cfg
+
+    async def get_context(self, request: web.Request, response: Any) -> Context:  # type: ignore[override]
+        return Context(gw=request.app[GATEWAY], cfg=self.cfg, headers=headers_without_credentials(request.headers),
+                       credential=credential_from(request.headers), request_id=request.get(REQUEST_ID))
+
+    async def on_ws_connect(self, context: Context) -> UnsetType:  # type: ignore[override]
+        """connection_init's payload carries the key (browsers cannot set headers on a WebSocket); the
+        upgrade request's own header is the fallback. A missing or bad key closes with 4403."""
+        params = context.connection_params or {}
+        context.credential = credential_from_params(params) or context.credential
+        try:
+            await context.principal()
+        except GQLError:
+            raise ConnectionRejectionError() from None
+        return UNSET
