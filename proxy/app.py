@@ -7,7 +7,8 @@ import contextlib
 
 from aiohttp import web
 
-from proxy.api import admin, admin_budgets, admin_cache, admin_providers, chat, graphql, health, models, quota, usage
+from proxy.api import admin, admin_budgets, admin_cache, admin_providers, chat, health, models, quota, usage
+from proxy.api import graphql as graphql_api
 from proxy.api import metrics as metrics_api
 from proxy.api.auth_throttle import AuthThrottle
 from proxy.api.http import edge
@@ -88,7 +89,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> web.Application
     quota.setup(app)                                          # GET /v1/quota; opens/closes the limiter
     admin_cache.setup(app)
     admin_providers.setup(app)
-    graphql.setup(app, config.graphql)                        # /graphql; strawberry loads on first use
+    graphql_api.setup(app, config.graphql)                    # /graphql; strawberry loads on first use
     if config.routing.health_check_interval > 0:
         app.on_startup.append(_start_probes)
         app.on_cleanup.append(_stop_probes)

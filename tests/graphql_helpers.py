@@ -63,8 +63,8 @@ class WSClient:
                                              "payload": {"query": query, "variables": variables or {}}}).decode())
         return op
 
-    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        msg = await asyncio.wait_for(self.ws.receive(), timeout)
+    async def recv(self, within: float = 5.0) -> dict[str, Any]:
+        msg = await asyncio.wait_for(self.ws.receive(), within)
         if msg.type != aiohttp.WSMsgType.TEXT:
             return {"type": "closed", "code": self.ws.close_code, "ws": msg.type}
         return orjson.loads(msg.data)

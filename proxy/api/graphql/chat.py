@@ -25,7 +25,9 @@ def new_call(ctx: Context, inp: ChatInput, *, stream: bool) -> ChatCall:
     body = chat_body(inp, stream=stream)
     rid = ctx.take_request_id()
     call = ChatCall(body=body, model=inp.model, stream=stream, credential=ctx.credential, ingress=INGRESS,
-                    headers=ctx.headers, **({"request_id": rid} if rid else {}))
+                    headers=ctx.headers)
+    if rid:
+        call.request_id = rid                    # the HTTP request's id, for its first call
     call.endpoint = "chat.completions"
     return call
 

@@ -48,7 +48,7 @@ def depth_of(sel: SelectionSetNode | None, fragments: dict[str, FragmentDefiniti
 def depth_rule(limit: int) -> type[ASTValidationRule]:
     class MaxDepth(ASTValidationRule):
         def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
-            ctx: ValidationContext = self.context
+            ctx = self.context
             frags = {f.name.value: f for f in ctx.document.definitions if isinstance(f, FragmentDefinitionNode)}
             depth = depth_of(node.selection_set, frags)
             if depth > limit:

@@ -7,6 +7,8 @@ import logging
 import time
 from typing import Any
 
+import strawberry
+
 from proxy.api.admin_budgets import budget_json
 from proxy.api.graphql import types as t
 from proxy.api.graphql.auth import BAD_USER_INPUT, Context, GQLError, from_proxy
@@ -47,7 +49,7 @@ def models(ctx: Context, who: Principal) -> list[t.Model]:
 
 
 def me(who: Principal) -> t.Principal:
-    return t.Principal(id=who.id, name=who.name, is_master=who.is_master, source_id=who.source_id,
+    return t.Principal(id=strawberry.ID(who.id), name=who.name, is_master=who.is_master, source_id=who.source_id,
                        source_type=who.source_type, models=list(who.models) if who.models is not None else None,
                        limits=t.KeyLimits(rpm=who.rpm, tpm=who.tpm, max_concurrency=who.max_concurrency),
                        budget_id=who.budget_id, expires_at=int(who.expires_at) if who.expires_at else None)
@@ -82,12 +84,12 @@ def page_size(ctx: Context, first: int) -> int:
 
 def _event(e: UsageEvent) -> t.UsageEvent:
     return t.UsageEvent(
-        id=str(e.id), request_id=e.request_id, timestamp=iso(e.ts), source_type=e.source_type,
+        id=strawberry.ID(str(e.id)), request_id=e.request_id, timestamp=iso(e.ts), source_type=e.source_type,
         source_id=e.source_id, team=e.team, request_type=e.request_type, model=e.model, provider=e.provider,
         upstream_model=e.upstream_model, key_id=e.key_id, budget_id=e.budget_id, batch_id=e.batch_id,
         usage=t.Usage(prompt_tokens=e.prompt_tokens, completion_tokens=e.completion_tokens,
                       total_tokens=e.prompt_tokens + e.completion_tokens, cached_tokens=e.cached_tokens),
-        cost_usd=usd(e.cost_nanos) if e.cost_nanos is not None else None, saved_cost_usd=usd(e.saved_nanos),
+        cost_usd=usd(e.cost_nanos) if e.cost_nanos is not None else None, saved_cost_usd=usd(e.saved_nanos) or 0.0,
         cached=e.cached, is_async=e.is_async, stream=e.stream, status=e.status, error=e.error,
         latency_ms=e.latency_ms, time_to_first_token_ms=e.ttft_ms, estimated=e.estimated)
 
@@ -119,7 +121,7 @@ async def usage_summary(ctx: Context, who: Principal, group: t.UsageGroupBy,
                          errors=r["errors"], cache_hits=r["cache_hits"], prompt_tokens=r["prompt_tokens"],
                          completion_tokens=r["completion_tokens"],
                          total_tokens=r["prompt_tokens"] + r["completion_tokens"], cost_usd=usd(r["cost_nanos"]),
-                         saved_cost_usd=usd(r["saved_nanos"]), unpriced_requests=r["unpriced"],
+                         saved_cost_usd=usd(r["saved_nanos"]) or 0.0, unpriced_requests=r["unpriced"],
                          estimated_requests=r["estimated"]) for r in rows]
 
 
