@@ -167,6 +167,13 @@ async def test_admin_fields_refuse_virtual_keys(start_proxy):
         assert status == 200 and codes(doc) == ["FORBIDDEN"], (q, doc)
     _, doc = await gql(url, "{ me { id } }", headers=h)
     assert doc["data"]["me"]["id"] == kid          # the key still works: nothing was revoked
+    await gql(url, "{ me { id } }", headers={"Authorization": "Bearer sk-llm-guess"})
+    async with aiohttp.ClientSession() as s, s.get(url + "/admin/audit", headers=ADMIN) as r:
+        audit = (await r.json())["data"]
+    denied = [e for e in audit if e["action"] == "auth.forbidden"]
+    assert len(denied) == 4 and {e["actor"] for e in denied} == {kid}
+    failed = [e for e in audit if e["action"] == "auth.failure"]
+    assert len(failed) == 1 and failed[0]["detail"]["key_prefix"] == "sk-llm-gues"
 
 
 async def test_providers_and_revoke(start_proxy):

@@ -14,6 +14,7 @@ from typing import Any
 from multidict import CIMultiDict
 
 from proxy.api.parse import CREDENTIAL_HEADERS, credential_from
+from proxy.audit import credential_hint
 from proxy.config import GraphQLConfig
 from proxy.context import Principal
 from proxy.errors import ProxyError
@@ -68,6 +69,7 @@ class Context:
     headers: dict[str, str]                       # the request's, lower-case names, credentials removed
     credential: str | None
     request_id: str | None = None                 # the HTTP request's id (the first call made reuses it)
+    ip: str | None = None
     connection_params: dict[str, Any] | None = None
     _who: Principal | None = field(default=None, repr=False)
 
@@ -76,14 +78,27 @@ class Context:
             try:
                 self._who = await self.gw.auth.authenticate(self.credential)
             except ProxyError as e:
+                if e.status == 401:
+                    self._audit("auth.failure", "anonymous", e.message)
                 raise from_proxy(e) from None
         return self._who
 
     async def master(self) -> Principal:
         who = await self.principal()
         if not who.is_master:
-            raise GQLError("This field needs the master key; virtual keys may not use it.", FORBIDDEN)
+            msg = "This field needs the master key; virtual keys may not use it."
+            self._audit("auth.forbidden", who.id, msg)
+            raise GQLError(msg, FORBIDDEN)
         return who
+
+    def _audit(self, action: str, actor: str, reason: str) -> None:
+        """As REST's 401/403 (proxy/audit.py denial_recorder): queued, never awaited."""
+        if self.gw.keys is not None:
+            detail: dict[str, Any] = {"reason": reason, "path": "/graphql"}
+            hint = credential_hint(self.credential)
+            if hint:
+                detail["key_prefix"] = hint
+            self.gw.keys.audit.enqueue(action, actor, ip=self.ip, detail=detail)
 
     def take_request_id(self) -> str | None:
         rid, self.request_id = self.request_id, None

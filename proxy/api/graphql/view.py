@@ -16,6 +16,7 @@ from proxy.api.graphql.auth import Context, GQLError, credential_from_params, he
 from proxy.api.graphql.schema import build_schema
 from proxy.api.http import REQUEST_ID
 from proxy.api.parse import credential_from
+from proxy.audit import client_ip
 from proxy.config import GraphQLConfig
 from proxy.gateway import GATEWAY
 
@@ -31,7 +32,8 @@ class GatewayGraphQLView(GraphQLView):
 
     async def get_context(self, request: web.Request, response: Any) -> Context:  # type: ignore[override]
         return Context(gw=request.app[GATEWAY], cfg=self.cfg, headers=headers_without_credentials(request.headers),
-                       credential=credential_from(request.headers), request_id=request.get(REQUEST_ID))
+                       credential=credential_from(request.headers), request_id=request.get(REQUEST_ID),
+                       ip=client_ip(request))
 
     async def on_ws_connect(self, context: Context) -> UnsetType:  # type: ignore[override]
         """connection_init's payload carries the key (browsers cannot set headers on a WebSocket); the
