@@ -234,3 +234,32 @@ async def test_subscription_cap_per_connection(start_proxy):
         assert m["type"] == "error" and "limit" in m["payload"][0]["message"]
         await ws.close()
     await _wait_idle(gw)
+
+
+async def test_drain_ends_a_subscription_with_an_error(start_proxy, fake_openai):
+    from proxy.cli import drain_calls
+
+    fake_openai.reply = " ".join(f"word{i}" for i in range(200))
+    fake_openai.delay = 0.02
+    srv = await start_proxy(_config(fake_openai))
+    url, gw = str(srv.make_url("")), srv.app[GATEWAY]
+    async with aiohttp.ClientSession() as s:
+        ws = await ws_connect(s, url)
+        c = WSClient(ws)
+        assert (await c.init(ADMIN))["type"] == "connection_ack"
+        op = await c.subscribe(STREAM, {"input": chat_input("gpt")})
+        first = await c.recv()
+        rid = first["payload"]["data"]["chatCompletionStream"]["requestId"]
+        gw.accepting = False
+        await drain_calls(gw, 0.05)
+        got, last = await c.collect(op)
+        assert last["type"] == "complete"
+        assert got[-1]["errors"][0]["extensions"]["errorCode"] == "gateway_shutting_down"
+        op2 = await c.subscribe(STREAM, {"input": chat_input("gpt")})     # new calls are refused
+        got, _ = await c.collect(op2)
+        assert codes(got[-1]) == ["UNAVAILABLE"]
+        await ws.close()
+    gw.accepting = True
+    await _wait_idle(gw)
+    ev = await _events(url, rid)
+    assert len(ev) == 1 and ev[0]["status"] == 503, ev

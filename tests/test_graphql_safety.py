@@ -97,3 +97,16 @@ async def test_unexpected_errors_are_masked(start_proxy, monkeypatch):
     assert "hunter2" not in text and "Traceback" not in text and "app.py" not in text
     _, doc = await gql(url, "{ nope }")                                # validation errors are shown as they are
     assert "Cannot query field 'nope'" in doc["errors"][0]["message"]
+
+
+async def test_malformed_requests_get_graphql_errors(start_proxy):
+    url = str((await start_proxy(make_config())).make_url(""))
+    async with aiohttp.ClientSession() as s:
+        for kw in ({"data": b"{not json", "headers": {**ADMIN, "Content-Type": "application/json"}},
+                   {"data": b"{}", "headers": {**ADMIN, "Content-Type": "application/json"}}):
+            async with s.post(url + "/graphql", **kw) as r:
+                doc = await r.json()
+                assert r.status == 400 and codes(doc) == ["BAD_REQUEST"], doc
+        async with s.get(url + "/graphql", params={"query": 'mutation { revokeKey(id: "x") { id } }'},
+                         headers=ADMIN) as r:                   # mutations only over POST
+            assert r.status == 400 and codes(await r.json()) == ["BAD_REQUEST"]

@@ -13,9 +13,9 @@ import orjson
 from proxy.api.graphql import types as t
 from proxy.api.graphql.auth import Context, GQLError, from_envelope, from_proxy
 from proxy.api.graphql.inputs import ChatInput, chat_body
-from proxy.context import CLIENT_CLOSED, ChatCall, Usage, usage_from_openai
+from proxy.context import CLIENT_CLOSED, DRAIN, ChatCall, Usage, usage_from_openai
 from proxy.cost.prices import usd
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, ShuttingDown
 from proxy.streaming.sse import SSEDecoder
 
 INGRESS = "graphql"
@@ -30,6 +30,16 @@ def new_call(ctx: Context, inp: ChatInput, *, stream: bool) -> ChatCall:
         call.request_id = rid                    # the HTTP request's id, for its first call
     call.endpoint = "chat.completions"
     return call
+
+
+def _drained(call: ChatCall) -> GQLError:
+    """The drain deadline cancelled the call: tell the client instead of vanishing (as respond.py does)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    down = ShuttingDown("The server is shutting down; the call was ended by the drain deadline.")
+    call.status, call.error, call.error_code = down.status, down.message, down.code
+    return from_proxy(down)
 
 
 def _usage(u: Usage | None) -> t.Usage | None:
@@ -63,6 +73,10 @@ async def chat_completion(ctx: Context, inp: ChatInput) -> t.ChatCompletion:
         status, body = await ctx.gw.call_whole(call)     # begin, pipeline, end: one usage event
     except ProxyError as e:                              # refused before it began (shutting down)
         raise from_proxy(e) from None
+    except asyncio.CancelledError:
+        if call.ended_by != DRAIN:
+            raise
+        raise _drained(call) from None
     if status >= 400:
         raise _refused(status, body)
     doc = orjson.loads(body)
@@ -138,8 +152,13 @@ async def chat_stream(ctx: Context, inp: ChatInput) -> AsyncGenerator[t.ChatChun
     except ProxyError as e:
         call.status, call.error, call.error_code = e.status, e.message, e.code
         raise from_proxy(e) from None
-    except (asyncio.CancelledError, GeneratorExit):
-        call.status = CLIENT_CLOSED                      # the client completed the operation or left
+    except asyncio.CancelledError:
+        if call.ended_by != DRAIN:
+            call.status = CLIENT_CLOSED                  # the client completed the operation or left
+            raise
+        raise _drained(call) from None
+    except GeneratorExit:
+        call.status = CLIENT_CLOSED
         raise
     except GQLError:
         raise

@@ -6,7 +6,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from aiohttp import web
+from cross_web import HTTPException
 from strawberry.aiohttp.views import GraphQLView
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
@@ -29,6 +31,16 @@ class GatewayGraphQLView(GraphQLView):
             connection_init_wait_timeout=timedelta(seconds=cfg.connection_init_timeout),
             max_subscriptions_per_connection=cfg.max_subscriptions)
         self.cfg = cfg
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        """strawberry answers a malformed request (bad JSON, no query, a mutation over GET) in plain text;
+        ours is GraphQL's error shape, with the same status."""
+        try:
+            return await self.run(request=request)
+        except HTTPException as e:
+            return web.Response(body=orjson.dumps({"errors": [{"message": e.reason, "extensions": {
+                "code": "BAD_REQUEST" if e.status_code < 500 else "INTERNAL_SERVER_ERROR"}}]}),
+                status=e.status_code, content_type="application/json")
 
     async def get_context(self, request: web.Request, response: Any) -> Context:  # type: ignore[override]
         return Context(gw=request.app[GATEWAY], cfg=self.cfg, headers=headers_without_credentials(request.headers),
