@@ -11,7 +11,7 @@ import strawberry
 
 from proxy.api.admin_budgets import budget_json
 from proxy.api.graphql import types as t
-from proxy.api.graphql.auth import BAD_USER_INPUT, Context, GQLError, from_proxy
+from proxy.api.graphql.auth import BAD_USER_INPUT, Context, GQLError
 from proxy.api.graphql.inputs import UsageFilter, usage_query
 from proxy.api.usage import FLUSH_WAIT
 from proxy.context import Principal
@@ -19,7 +19,6 @@ from proxy.cost.accounting import Accounting
 from proxy.cost.attribution import SCOPE_COLUMNS
 from proxy.cost.periods import iso, period_start
 from proxy.cost.prices import usd
-from proxy.errors import ProxyError
 from proxy.keyservice import key_json
 from proxy.routing.plan import may_use
 from proxy.store import KeyRecord
@@ -233,11 +232,3 @@ def providers(ctx: Context) -> list[t.ProviderHealth]:
         out.append(t.ProviderHealth(name=name, type=b.config.type, health=snap["providers"].get(name),
                                     targets=targets))
     return out
-
-
-async def guarded(coro: Any) -> Any:
-    """Await a store call; the gateway's errors become coded GraphQL errors."""
-    try:
-        return await coro
-    except ProxyError as e:
-        raise from_proxy(e) from None

@@ -96,9 +96,8 @@ class Mutation:
 @strawberry.type
 class Subscription:
     @strawberry.subscription(description="A streamed chat completion, one chunk per event; usage on the last.")
-    async def chat_completion_stream(self, info: Info, input: ChatInput) -> AsyncGenerator[t.ChatChunk, None]:
-        async for chunk in chat.chat_stream(info.context, input):
-            yield chunk
+    def chat_completion_stream(self, info: Info, input: ChatInput) -> AsyncGenerator[t.ChatChunk, None]:
+        return chat.chat_stream(info.context, input)     # the generator itself: its aclose ends the call
 
 
 def _visible(err: GraphQLError) -> bool:
