@@ -191,3 +191,16 @@ async def test_providers_and_revoke(start_proxy):
     assert codes(doc) == ["NOT_FOUND"]
     _, doc = await gql(url, 'mutation { createKey(input: {sourceType: "robot"}) { secret } }')
     assert codes(doc) == ["BAD_USER_INPUT"] and doc["errors"][0]["extensions"]["param"] == "source_type"
+
+
+async def test_bad_keys_share_the_rest_auth_throttle(start_proxy):
+    url = str((await start_proxy(_config(server={"auth_failures_per_minute": 2}))).make_url(""))
+    bad = {"Authorization": "Bearer sk-llm-guess"}
+    async with aiohttp.ClientSession() as s, s.get(url + "/v1/models", headers=bad) as r:
+        assert r.status == 401
+    _, doc = await gql(url, "{ me { id } }", headers=bad)
+    assert codes(doc) == ["UNAUTHENTICATED"]
+    _, doc = await gql(url, CHAT, {"input": chat_input()}, headers=bad)     # the third from this address
+    assert codes(doc) == ["RATE_LIMITED"] and doc["errors"][0]["extensions"]["errorCode"] == "auth_throttled"
+    _, doc = await gql(url, "{ me { id } }")                                 # a good key is never refused
+    assert doc["data"]["me"]["id"] == "master"

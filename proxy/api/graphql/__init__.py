@@ -11,26 +11,28 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.api.auth_throttle import AuthThrottle
 from proxy.config import GraphQLConfig
 
 
 class LazyGraphQL:
     """The /graphql handler; builds strawberry's view on first use (synchronously: no race)."""
 
-    def __init__(self, cfg: GraphQLConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: GraphQLConfig, throttle: AuthThrottle | None) -> None:
+        self.cfg, self.throttle = cfg, throttle
         self.view: Any = None
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         view = self.view
         if view is None:
             from proxy.api.graphql.view import GatewayGraphQLView
-            view = self.view = GatewayGraphQLView(self.cfg)
+            view = self.view = GatewayGraphQLView(self.cfg, self.throttle)
         return await view(request)
 
 
-def setup(app: web.Application, cfg: GraphQLConfig) -> None:
+def setup(app: web.Application, cfg: GraphQLConfig, throttle: AuthThrottle | None = None) -> None:
+    """`throttle`: the REST edge's auth-failure throttle, so bad keys count the same on both."""
     if cfg.enabled:
-        handler = LazyGraphQL(cfg)
+        handler = LazyGraphQL(cfg, throttle)
         app.router.add_route("GET", "/graphql", handler)
         app.router.add_route("POST", "/graphql", handler)

@@ -13,6 +13,7 @@ from typing import Any
 
 from multidict import CIMultiDict
 
+from proxy.api.auth_throttle import AuthThrottle
 from proxy.api.parse import CREDENTIAL_HEADERS, credential_from
 from proxy.audit import credential_hint
 from proxy.config import GraphQLConfig
@@ -70,6 +71,7 @@ class Context:
     credential: str | None
     request_id: str | None = None                 # the HTTP request's id (the first call made reuses it)
     ip: str | None = None
+    throttle: AuthThrottle | None = None          # the REST edge's: bad keys count the same on both
     connection_params: dict[str, Any] | None = None
     _who: Principal | None = field(default=None, repr=False)
 
@@ -78,6 +80,11 @@ class Context:
             try:
                 self._who = await self.gw.auth.authenticate(self.credential)
             except ProxyError as e:
+                if e.status == 401 and self.throttle is not None and (wait := self.throttle.failed(self.ip)):
+                    msg = "Too many requests with invalid API keys from this address; try again later."
+                    self._audit("auth.throttled", "anonymous", msg)
+                    raise GQLError(msg, "RATE_LIMITED", status=429, errorCode="auth_throttled",
+                                   retryAfter=wait) from None
                 if e.status == 401:
                     self._audit("auth.failure", "anonymous", e.message)
                 raise from_proxy(e) from None

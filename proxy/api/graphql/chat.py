@@ -68,6 +68,7 @@ def _refused(status: int, body: bytes) -> GQLError:
 
 
 async def chat_completion(ctx: Context, inp: ChatInput) -> t.ChatCompletion:
+    await ctx.principal()                    # a bad key: throttled and audited as on every GraphQL field
     call = new_call(ctx, inp, stream=False)
     try:
         status, body = await ctx.gw.call_whole(call)     # begin, pipeline, end: one usage event
@@ -119,6 +120,7 @@ async def chat_stream(ctx: Context, inp: ChatInput) -> AsyncGenerator[t.ChatChun
     """The OpenAI SSE stream the pipeline answers, one ChatChunk per event. However the subscription ends
     (done, upstream error, `complete` from the client, socket closed) the call ends once, in `finally`."""
     gw = ctx.gw
+    await ctx.principal()
     call = new_call(ctx, inp, stream=True)
     try:
         gw.begin(call)

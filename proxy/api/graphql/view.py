@@ -14,6 +14,7 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
 
+from proxy.api.auth_throttle import AuthThrottle
 from proxy.api.graphql.auth import Context, GQLError, credential_from_params, headers_without_credentials
 from proxy.api.graphql.schema import build_schema
 from proxy.api.http import REQUEST_ID
@@ -24,13 +25,13 @@ from proxy.gateway import GATEWAY
 
 
 class GatewayGraphQLView(GraphQLView):
-    def __init__(self, cfg: GraphQLConfig) -> None:
+    def __init__(self, cfg: GraphQLConfig, throttle: AuthThrottle | None = None) -> None:
         super().__init__(
             build_schema(cfg), graphql_ide="graphiql" if cfg.graphiql else None, allow_queries_via_get=True,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
             connection_init_wait_timeout=timedelta(seconds=cfg.connection_init_timeout),
             max_subscriptions_per_connection=cfg.max_subscriptions)
-        self.cfg = cfg
+        self.cfg, self.throttle = cfg, throttle
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """strawberry answers a malformed request (bad JSON, no query, a mutation over GET) in plain text;
@@ -45,7 +46,7 @@ class GatewayGraphQLView(GraphQLView):
     async def get_context(self, request: web.Request, response: Any) -> Context:  # type: ignore[override]
         return Context(gw=request.app[GATEWAY], cfg=self.cfg, headers=headers_without_credentials(request.headers),
                        credential=credential_from(request.headers), request_id=request.get(REQUEST_ID),
-                       ip=client_ip(request))
+                       ip=client_ip(request), throttle=self.throttle)
 
     async def on_ws_connect(self, context: Context) -> UnsetType:  # type: ignore[override]
         """connection_init's payload carries the key (browsers cannot set headers on a WebSocket); the
