@@ -11,7 +11,7 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import AddValidationRules, DisableIntrospection, MaskErrors
+from strawberry.extensions import AddValidationRules, DisableIntrospection
 from strawberry.types import ExecutionContext
 
 from proxy.api.graphql import chat, queries
@@ -100,39 +100,31 @@ class Subscription:
         return chat.chat_stream(info.context, input)     # the generator itself: its aclose ends the call
 
 
-def _visible(err: GraphQLError) -> bool:
-    """Validation errors and our coded errors are shown; anything else is masked (no internals leak)."""
-    return err.original_error is None or isinstance(err.original_error, GQLError)
-
-
-class CodedMaskErrors(MaskErrors):
-    """Masks unexpected errors as 'Unexpected error.' with code INTERNAL_SERVER_ERROR; a gateway error that
-    escaped a resolver keeps its message and gets its code."""
-
-    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
-        orig = error.original_error
-        if isinstance(orig, ProxyError):
-            coded = from_proxy(orig)
-            return GraphQLError(coded.message, error.nodes, error.source, error.positions, error.path,
-                                extensions=coded.extensions)
-        return GraphQLError(self.error_message, error.nodes, error.source, error.positions, error.path,
-                            extensions={"code": "INTERNAL_SERVER_ERROR"})
-
-
 class GatewaySchema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
-        """Log only what the client was not told: expected refusals are not server errors."""
+        """Every result's errors pass here before they are sent (queries, mutations, each subscription
+        event). Validation errors and our coded errors are shown as they are; a gateway error that escaped
+        a resolver gets its code; anything else is logged and masked as 'Unexpected error.'. Done in place
+        here rather than by a per-result extension, which would cost every streamed chunk."""
         for err in errors:
             orig = err.original_error
-            if orig is not None and not isinstance(orig, GQLError | ProxyError):
+            if orig is None or isinstance(orig, GQLError):
+                continue
+            if isinstance(orig, ProxyError):
+                coded = from_proxy(orig)
+                err.message, err.extensions = coded.message, coded.extensions
+            else:
                 log.error("graphql resolver failed at %s: %s", err.path, type(orig).__name__,
                           exc_info=(type(orig), orig, orig.__traceback__))
+                err.message, err.extensions = "Unexpected error.", {"code": "INTERNAL_SERVER_ERROR"}
+            err.args = (err.message,)
+            err.original_error = err.cause = None
+            err.__cause__ = err.__context__ = None
 
 
 def build_schema(cfg: GraphQLConfig) -> strawberry.Schema:
     rules = [depth_rule(cfg.max_depth), alias_rule(cfg.max_aliases)]
-    extensions: list[Any] = [lambda: AddValidationRules(rules),
-                             lambda: CodedMaskErrors(should_mask_error=lambda e: not _visible(e))]
+    extensions: list[Any] = [lambda: AddValidationRules(rules)]
     if not cfg.introspection:
         extensions.append(DisableIntrospection)
     return GatewaySchema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions)

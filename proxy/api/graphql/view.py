@@ -33,6 +33,17 @@ class GatewayGraphQLView(GraphQLView):
             max_subscriptions_per_connection=cfg.max_subscriptions)
         self.cfg, self.throttle = cfg, throttle
 
+    def encode_json(self, data: object) -> str:
+        """orjson (each streamed chunk is one frame to encode); text, as graphql-transport-ws requires."""
+        try:
+            return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:                           # e.g. an integer beyond 64 bits in a JSON value
+            out = super().encode_json(data)
+            return out if isinstance(out, str) else out.decode()
+
+    def decode_json(self, data: str | bytes) -> object:
+        return orjson.loads(data)
+
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """strawberry answers a malformed request (bad JSON, no query, a mutation over GET) in plain text;
         ours is GraphQL's error shape, with the same status."""
