@@ -263,3 +263,22 @@ async def test_drain_ends_a_subscription_with_an_error(start_proxy, fake_openai)
     await _wait_idle(gw)
     ev = await _events(url, rid)
     assert len(ev) == 1 and ev[0]["status"] == 503, ev
+
+
+async def test_a_key_revoked_while_its_websocket_is_open_stops_working(start_proxy):
+    url = str((await start_proxy(_config())).make_url(""))
+    _, doc = await gql(url, 'mutation { createKey(input: {name: "ws"}) { secret key { id } } }')
+    kid, secret = doc["data"]["createKey"]["key"]["id"], doc["data"]["createKey"]["secret"]
+    async with aiohttp.ClientSession() as s:
+        ws = await ws_connect(s, url)
+        c = WSClient(ws)
+        assert (await c.init({"Authorization": f"Bearer {secret}"}))["type"] == "connection_ack"
+        got, _ = await c.collect(await c.subscribe("query { me { id } }"))
+        assert got[0]["data"]["me"]["id"] == kid
+        _, doc = await gql(url, "mutation($id: ID!) { revokeKey(id: $id) { revoked } }", {"id": kid})
+        assert doc["data"]["revokeKey"]["revoked"] is True
+        got, _ = await c.collect(await c.subscribe("query { me { id } }"))
+        assert codes(got[0]) == ["UNAUTHENTICATED"]
+        got, _ = await c.collect(await c.subscribe(STREAM, {"input": chat_input()}))
+        assert codes(got[-1]) == ["UNAUTHENTICATED"]
+        await ws.close()

@@ -7,6 +7,7 @@ gateway's own error tree so REST and GraphQL refuse the same things for the same
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,9 +75,12 @@ class Context:
     throttle: AuthThrottle | None = None          # the REST edge's: bad keys count the same on both
     connection_params: dict[str, Any] | None = None
     _who: Principal | None = field(default=None, repr=False)
+    keys_by_budget: asyncio.Future[dict[str, list[Any]]] | None = field(default=None, repr=False)  # one scan
 
     async def principal(self) -> Principal:
-        if self._who is None:
+        """Authenticated once per HTTP request; on a WebSocket, for every operation (the key lookup is
+        cached), so a key revoked or expired while the connection stays open stops working there too."""
+        if self._who is None or self.connection_params is not None:
             try:
                 self._who = await self.gw.auth.authenticate(self.credential)
             except ProxyError as e:

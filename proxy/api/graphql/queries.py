@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -159,7 +160,7 @@ async def budget_by_id(ctx: Context, bid: str) -> t.Budget | None:
     if not who.is_master and who.budget_id != bid:
         return None                              # a virtual key sees only its own budget
     acct = _accounting(ctx)
-    b = await budget_sql.get(acct.ledger, bid)
+    b = await acct.budgets.get(bid)              # the pipeline's cached definitions (cache_ttl)
     return None if b is None else await _budget(ctx, acct, b)
 
 
@@ -195,13 +196,21 @@ async def keys_of_budget(ctx: Context, bid: str) -> list[t.ApiKey]:
     if not who.is_master:
         rec = await store.ledger.get_key(who.id)
         return [api_key(rec)] if rec is not None and rec.budget_id == bid else []
-    found: list[t.ApiKey] = []
+    if ctx.keys_by_budget is None:               # every Budget.keys of this request reads one scan
+        ctx.keys_by_budget = asyncio.ensure_future(_keys_by_budget(store.ledger))
+    return [api_key(r) for r in (await ctx.keys_by_budget).get(bid, [])]
+
+
+async def _keys_by_budget(ledger: Any) -> dict[str, list[KeyRecord]]:
+    by_budget: dict[str, list[KeyRecord]] = {}
     after: str | None = None
     while True:                                  # admin listing, paged as GET /admin/keys pages
-        recs = await store.ledger.list_keys(limit=KEY_SCAN, after=after, include_revoked=False)
-        found += [api_key(r) for r in recs if r.budget_id == bid]
+        recs = await ledger.list_keys(limit=KEY_SCAN, after=after, include_revoked=False)
+        for r in recs:
+            if r.budget_id is not None:
+                by_budget.setdefault(r.budget_id, []).append(r)
         if len(recs) < KEY_SCAN:
-            return found
+            return by_budget
         after = recs[-1].id
 
 
