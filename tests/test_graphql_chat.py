@@ -282,3 +282,14 @@ async def test_a_key_revoked_while_its_websocket_is_open_stops_working(start_pro
         got, _ = await c.collect(await c.subscribe(STREAM, {"input": chat_input()}))
         assert codes(got[-1]) == ["UNAUTHENTICATED"]
         await ws.close()
+
+
+async def test_websocket_origins_follow_cors_origins(start_proxy):
+    url = str((await start_proxy(_config(server={"cors_origins": ["https://app.example"]}))).make_url(""))
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:     # a page elsewhere may not connect
+            await ws_connect(s, url, headers={"Origin": "https://evil.example"})
+        assert refused.value.status == 403
+        ws = await ws_connect(s, url, headers={"Origin": "https://app.example"})
+        assert (await WSClient(ws).init(ADMIN))["type"] == "connection_ack"
+        await ws.close()

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from proxy.api.auth_throttle import AuthThrottle
 from proxy.config import GraphQLConfig
+from proxy.gateway import GATEWAY
 
 
 class LazyGraphQL:
@@ -26,7 +27,8 @@ class LazyGraphQL:
         view = self.view
         if view is None:
             from proxy.api.graphql.view import GatewayGraphQLView
-            view = self.view = GatewayGraphQLView(self.cfg, self.throttle)
+            origins = request.app[GATEWAY].config.server.cors_origins   # also the WebSocket origins allowed
+            view = self.view = GatewayGraphQLView(self.cfg, self.throttle, origins)
         return await view(request)
 
 

@@ -3,6 +3,7 @@ connection_init, graphql-transport-ws only, and the per-connection caps from `gr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -25,12 +26,14 @@ from proxy.gateway import GATEWAY
 
 
 class GatewayGraphQLView(GraphQLView):
-    def __init__(self, cfg: GraphQLConfig, throttle: AuthThrottle | None = None) -> None:
+    def __init__(self, cfg: GraphQLConfig, throttle: AuthThrottle | None = None,
+                 origins: Sequence[str] = ()) -> None:
+        """`origins`: server.cors_origins; a browser page elsewhere may not open a WebSocket (403)."""
         super().__init__(
             build_schema(cfg), graphql_ide="graphiql" if cfg.graphiql else None, allow_queries_via_get=True,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
             connection_init_wait_timeout=timedelta(seconds=cfg.connection_init_timeout),
-            max_subscriptions_per_connection=cfg.max_subscriptions)
+            max_subscriptions_per_connection=cfg.max_subscriptions, allowed_origins=tuple(origins))
         self.cfg, self.throttle = cfg, throttle
 
     def encode_json(self, data: object) -> str:
