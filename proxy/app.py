@@ -8,6 +8,7 @@ import contextlib
 from aiohttp import web
 
 from proxy.api import admin, admin_budgets, admin_cache, admin_providers, chat, health, models, quota, usage
+from proxy.api import graphql as graphql_api
 from proxy.api import metrics as metrics_api
 from proxy.api.auth_throttle import AuthThrottle
 from proxy.api.http import edge
@@ -64,9 +65,10 @@ def build_app(config: Config, gateway: Gateway | None = None) -> web.Application
     server = config.server
     # One middleware for everything HTTP: request id, CORS, the body's type and deadline, every error in
     # OpenAI's envelope (CORS headers included); 401/403 and throttled bad keys -> audit log (batched).
+    throttle = AuthThrottle(server.auth_failures_per_minute)
     middlewares = [edge(cors_origins=server.cors_origins, body_timeout=server.body_timeout,
                         on_denied=denial_recorder(gw.keys.audit) if gw.keys is not None else None,
-                        throttle=AuthThrottle(server.auth_failures_per_minute))]
+                        throttle=throttle)]
     # aiohttp closes a connection that has not sent a whole request within keepalive_timeout of opening
     # (or of its last answer): that is the header deadline, slow-header sockets included. After an
     # answer to a body never finished (408, 413) it reads what still comes for lingering_time, then closes.
@@ -88,6 +90,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> web.Application
     quota.setup(app)                                          # GET /v1/quota; opens/closes the limiter
     admin_cache.setup(app)
     admin_providers.setup(app)
+    graphql_api.setup(app, config.graphql, throttle)          # /graphql; strawberry loads on first use
     if config.routing.health_check_interval > 0:
         app.on_startup.append(_start_probes)
         app.on_cleanup.append(_stop_probes)

@@ -208,6 +208,19 @@ class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     concurrency_lease: float = 900.0        # seconds a crashed replica's concurrency slot stays taken
 
 
+class GraphQLConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The GraphQL API at /graphql (proxy/api/graphql/). strawberry is imported on the route's first use."""
+
+    enabled: bool = True
+    introspection: bool = True                      # __schema / __type queries (still depth-limited)
+    max_depth: Annotated[int, msgspec.Meta(ge=1)] = 10          # nesting of selections, fragments expanded
+    max_aliases: Annotated[int, msgspec.Meta(ge=0)] = 15        # aliased fields in one document
+    max_page_size: Annotated[int, msgspec.Meta(ge=1)] = 100     # largest `first` of a connection
+    max_subscriptions: Annotated[int, msgspec.Meta(ge=1)] = 10  # operations open at once on one WebSocket
+    connection_init_timeout: _Positive = 10.0       # seconds a WebSocket may wait before connection_init
+    graphiql: bool = False                          # serve the GraphiQL page on GET /graphql from a browser
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -219,6 +232,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     accounting: AccountingConfig = AccountingConfig()
     budgets: BudgetsConfig = BudgetsConfig()
     limits: LimitsConfig = LimitsConfig()
+    graphql: GraphQLConfig = GraphQLConfig()
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
