@@ -35,6 +35,7 @@ class ProxyError(Exception):
         param: str | None = None,
         code: str | None = _UNSET,          # explicit None means "no code", unlike leaving it out
         headers: dict[str, str] | None = None,
+        final: bool = False,                # retrying the same request will not help (x-should-retry: false)
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -46,6 +47,9 @@ class ProxyError(Exception):
             self.code = code
         self.param = param
         self.headers = headers or {}
+        self.final = final
+        if final:
+            self.headers.setdefault("x-should-retry", "false")
 
     def envelope(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -103,8 +107,7 @@ class QuotaExceeded(ProxyError):
     code = "insufficient_quota"
 
     def __init__(self, message: str, **kw) -> None:
-        super().__init__(message, **kw)
-        self.headers.setdefault("x-should-retry", "false")
+        super().__init__(message, final=True, **kw)
 
 
 class Unavailable(ProxyError):

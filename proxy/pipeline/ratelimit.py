@@ -216,7 +216,7 @@ class RateLimitStage:
         if d.reason == "too_large":
             return RateLimited(f"Request too large for {lv.name}: tokens per min (TPM) limit {lv.tpm}, "
                                f"requested {tokens}. Reduce the prompt or max_tokens.",
-                               headers={**headers, "x-should-retry": "false"})
+                               headers=dict(headers), final=True)
         what = {"requests": f"requests per min (RPM): limit {lv.rpm}",
                 "tokens": f"tokens per min (TPM): limit {lv.tpm}",
                 "concurrency": f"concurrent requests: limit {lv.concurrency}"}.get(d.reason, d.reason)

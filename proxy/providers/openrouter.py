@@ -158,7 +158,7 @@ def openrouter_error(provider: str, status: int, err: dict, headers: Any) -> Ups
         # Out of OpenRouter credits: reported as OpenAI reports an exhausted quota, and not worth a retry
         # by the client; the router may still try the model's next target.
         return UpstreamError(message, status=429, type="insufficient_quota", code="insufficient_quota",
-                             retryable=True, headers={"x-should-retry": "false"})
+                             retryable=True, final=True)
     if st == 403 and isinstance(meta.get("reasons"), list):
         reasons = ", ".join(str(r) for r in meta["reasons"])
         return UpstreamError(f"{message} (flagged by moderation: {reasons})" if reasons else message,

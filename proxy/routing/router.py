@@ -149,7 +149,7 @@ class Router:
         if call.target is not None:            # which provider failed, on the error answer too
             last.headers.setdefault("x-llm-provider", call.target.provider)
             last.headers.setdefault("x-llm-upstream-model", call.target.model)
-        if (last.status == 429 and last.code != "insufficient_quota" and last.headers.get("x-should-retry") != "false"
+        if (last.status == 429 and last.code != "insufficient_quota" and not last.final
                 and (sleep := self._throttle_sleep(call, targets)) is not None):
             raise _Throttled(last, sleep)
         raise last
