@@ -125,7 +125,7 @@ class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     api_key: str = ""
     headers: dict[str, str] = {}
     timeouts: Timeouts = Timeouts()
-    max_connections: int = 256
+    max_connections: int = 1024            # 1,000 concurrent streams to one provider without a pool wait
     unsupported_params: Literal["drop", "reject"] = "drop"
     settings: Any = None
     # Set by the loader, never in YAML: the ${VAR} that `api_key` names when it resolved empty for a type
