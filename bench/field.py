@@ -9,6 +9,7 @@
    errors and TTFB p99 within 1.5x the relay's. 1,000 is the target; 2,000 and 5,000 show where it breaks;
 4. idle and peak RSS (the proxy right after start; the peak under the c=32 scenarios; its usage writer
    process at start and at the end of the run: flat, not growing).
+Beside them: `serve --workers 1` and `2` at c=32, requests/s and CPU per 1,000 requests.
 
 One client process drives every path (its own CPU is part of what a wave measures: compare paths, not
 absolute numbers). The machine is small and shared.
@@ -32,7 +33,7 @@ SLOW_MS = 20                         # the 20 ms upstream
 TRICKLE_CHUNKS, TRICKLE_GAP_MS = 20, 50
 STREAM_POOL = 8192                   # the proxy's and the relay's pool in the scale waves: the process breaks,
                                      # not a pool (the default pool, 1024, holds the 1,000-stream target)
-RPS_STEPS = (32, 128, 512, 2048)
+RPS_STEPS = (32, 128, 512, 1024, 2048)
 STREAM_LEVELS = tuple(int(x) for x in os.environ.get("BENCH_STREAM_LEVELS", "1000,2000,5000").split(","))
 TTFB_RATIO = 1.5
 
@@ -175,3 +176,37 @@ def report(field: dict) -> None:
     print(f"| proxy RSS idle / peak under c=32 / peak overall | | {m['idle_mb']} / {m['peak_c32_mb']} / "
           f"{m['peak_mb']} MB |")
     print(f"| usage writer RSS start -> end | | {m['writer_start_mb']} -> {m['writer_end_mb']} MB |")
+    for name, w in field.get("workers", {}).items():
+        print(f"| serve --workers {name}: rps at c=32, CPU s per 1k requests | | {w['rps']}, "
+              f"{w['cpu_s_per_1k_requests']} |")
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its children and grandchildren (workers, their writer processes)."""
+    from bench.procs import cpu_seconds
+    total = 0.0
+    for p in [pid, *(kids := child_pids(pid)), *(g for k in kids for g in child_pids(k))]:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(p)
+    return total
+
+
+async def workers_rps(urls: dict[str, str], pids: dict[str, int], headers: dict[str, str], seconds: float) -> dict:
+    """Non-streamed requests at c=32 against `serve` with 1 and 2 workers: requests/s and the CPU they took
+    per 1,000 requests (every process of the server), to plan a bigger machine. The load generator runs
+    on the same two cores, so 2 workers gain little here."""
+    body = orjson.dumps({"model": "bench", "messages": [{"role": "user", "content": "Benchmark prompt."}]})
+    out: dict = {}
+    for name, url in urls.items():
+        pid = pids[name]
+        mark: list[float] = []
+
+        def start(p: int = pid, m: list[float] = mark) -> None:
+            m.append(_tree_cpu(p))
+        res = await run_load(url, body, headers, 32, seconds, False, on_start=start)
+        used = _tree_cpu(pid) - mark[0]
+        s = res.summary()
+        out[name] = {"rps": s["rps"], "p99_ms": s["p99_ms"], "errors": s["errors"],
+                     "cpu_s_per_1k_requests": round(used * 1000 / max(1, len(res.latencies)), 3)}
+        print(f"  workers        {name:9s} {out[name]}", flush=True)
+    return out

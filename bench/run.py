@@ -212,11 +212,29 @@ def extras() -> dict:
 
 async def field_scenarios(urls: dict[str, str], proxy_pid: int) -> dict:
     headers = {"Authorization": f"Bearer {MASTER}", "Content-Type": "application/json"}
-    rps = await field.rps_at_p99({"direct": urls["slow_direct"], "relay": urls["slow_relay"],
-                                  "proxy": urls["proxy"]}, headers, SECONDS)
+    # streams first: the RSS read during a wave then owes nothing to the rps steps' 2,048 connections
     streams = await field.stream_waves({"relay": urls["trickle_relay"], "proxy": urls["proxy"]}, headers,
                                        proxy_pid)
+    rps = await field.rps_at_p99({"direct": urls["slow_direct"], "relay": urls["slow_relay"],
+                                  "proxy": urls["proxy"]}, headers, SECONDS)
     return {"rps_20ms_p99_under_1s": rps, "streams": streams}
+
+
+def workers_scenario(urls: dict[str, str], proxy: subprocess.Popen, config: str) -> dict:
+    """The same config served by `--workers 2` on another port, beside the running single process."""
+    port = free_port()
+    two = spawn(["-m", "proxy", "serve", "--config", config, "--port", str(port), "--workers", "2",
+                 "--workers-allow-local-state"])
+    try:
+        wait_port(port)
+        time.sleep(1.0)
+        headers = {"Authorization": f"Bearer {MASTER}", "Content-Type": "application/json"}
+        return asyncio.run(field.workers_rps(
+            {"1": urls["proxy"], "2": f"http://127.0.0.1:{port}/v1/chat/completions"},
+            {"1": proxy.pid, "2": two.pid}, headers, SECONDS))
+    finally:
+        two.terminate()
+        two.wait(60)
 
 
 def main() -> None:
@@ -272,13 +290,18 @@ def main() -> None:
         results["field"] = asyncio.run(field_scenarios(urls, proxy.pid))
         rss["peak_mb"] = field.rss_mb(proxy.pid, "VmHWM")
         rss["writer_end_mb"] = field.rss_mb(writer) if writer else None
+        results["field"]["workers"] = workers_scenario(urls, proxy, f.name)
         results["field"] = {"added_p99_c1": field.added_p99(results["scenarios"]), **results["field"],
                             "rss": rss}
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
-            p.wait(30)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:     # a server that will not stop must not hang the bench
+                p.kill()
+                p.wait()
         os.unlink(f.name)
     results["extra"] = extras() if os.environ.get("BENCH_EXTRAS", "1") != "0" else {}
     results["wall_seconds"] = round(time.time() - t0, 1)
