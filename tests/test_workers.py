@@ -57,13 +57,21 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _sockets(pid: int) -> int:
-    n = 0
+def _connections(pid: int, port: int, state: str = "01") -> int:
+    """TCP sockets on local `port` in `state` (01 established, 0A listening) that this process holds."""
+    inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
-            pass
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    n = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == state and f[9] in inodes:
+            n += 1
     return n
 
 
@@ -75,7 +83,10 @@ async def test_two_workers_share_the_port_and_drain_on_sigterm(tmp_path):
         await _wait_up(url)
         workers = _children(proc.pid)
         assert len(workers) == 2
-        before = {w: _sockets(w) for w in workers}
+        for _ in range(200):                        # /health answered: one worker is up; wait for both
+            if all(_connections(w, port, "0A") for w in workers):
+                break
+            await asyncio.sleep(0.05)
         body = orjson.dumps({"model": "mock", "stream": True, "messages": [{"role": "user", "content": "x"}]})
         headers = {"Authorization": f"Bearer {MASTER}"}
         first_bytes = 0
@@ -95,8 +106,8 @@ async def test_two_workers_share_the_port_and_drain_on_sigterm(tmp_path):
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16, force_close=True)) as s:
             tasks = [asyncio.create_task(one(s)) for _ in range(16)]
             await asyncio.wait_for(all_started.wait(), 10)
-            grew = {w: _sockets(w) - before[w] for w in workers}
-            assert all(g >= 1 for g in grew.values()) and sum(grew.values()) >= 16, grew
+            held = {w: _connections(w, port) for w in workers}
+            assert all(n >= 1 for n in held.values()) and sum(held.values()) >= 16, held
             proc.send_signal(signal.SIGTERM)        # to the parent only: it forwards to the workers
             streams = await asyncio.gather(*tasks)
         assert all(s.rstrip().endswith(b"data: [DONE]") for s in streams)   # drained, not cut
@@ -121,3 +132,12 @@ def test_workers_without_redis_are_refused_with_the_way_out(tmp_path):
     proc = _serve("--config", cfg, "--workers", "0")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and "--workers must be a positive integer or 'auto'" in err.decode()
+
+
+def test_a_worker_failing_at_start_up_stops_the_server(tmp_path):
+    cfg = _config(tmp_path, _free_port())
+    cfg.write_text(cfg.read_text().replace(f"sqlite:///{tmp_path}/ledger.db", "sqlite:////proc/no-such/ledger.db"))
+    proc = _serve("--config", str(cfg), "--workers", "2", "--workers-allow-local-state")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "at start-up; stopping" in err.decode()
