@@ -34,7 +34,7 @@ SLOW_MS = 20                         # the 20 ms upstream
 TRICKLE_CHUNKS, TRICKLE_GAP_MS = 20, 50
 STREAM_POOL = 8192                   # the proxy's and the relay's pool in the scale waves: the process breaks,
                                      # not a pool (the default pool, 1024, holds the 1,000-stream target)
-RPS_STEPS = (32, 128, 512, 1024, 2048)
+RPS_STEPS = (32, 128, 512, 1024)
 STREAM_LEVELS = tuple(int(x) for x in os.environ.get("BENCH_STREAM_LEVELS", "1000,2000,5000").split(","))
 TTFB_RATIO = 1.5
 

@@ -212,7 +212,7 @@ def extras() -> dict:
 
 async def field_scenarios(urls: dict[str, str], proxy_pid: int) -> dict:
     headers = {"Authorization": f"Bearer {MASTER}", "Content-Type": "application/json"}
-    # streams first: the RSS read during a wave then owes nothing to the rps steps' 2,048 connections
+    # streams first: the RSS read during a wave then owes nothing to the rps steps' 1,024 connections
     streams = await field.stream_waves({"relay": urls["trickle_relay"], "proxy": urls["proxy"]}, headers,
                                        proxy_pid)
     rps = await field.rps_at_p99({"direct": urls["slow_direct"], "relay": urls["slow_relay"],
