@@ -40,6 +40,7 @@ SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 STARTUP_SECONDS = 5.0        # a worker that dies sooner after its start stops the whole server
 KILL_GRACE = 15.0            # beyond drain_seconds, before a worker that will not exit is killed
 RESTART_PAUSE = 1.0
+PR_SET_PDEATHSIG = 1
 
 
 class WorkersError(Exception):
@@ -187,7 +188,18 @@ def _reap() -> list[tuple[int, int]]:
         out.append((pid, os.waitstatus_to_exitcode(st)))
 
 
+def _die_with_parent(parent: int) -> None:
+    """A parent killed with SIGKILL forwards nothing: the kernel then sends the worker SIGTERM (Linux
+    PR_SET_PDEATHSIG), so it drains and exits instead of serving on, orphaned."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:                  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _fork(cfg: Config, run: Callable[[Config], None], reserved: list[socket.socket]) -> int:
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
@@ -195,6 +207,7 @@ def _fork(cfg: Config, run: Callable[[Config], None], reserved: list[socket.sock
     try:                                        # the worker: never returns into the parent's code
         for s in reserved:
             s.close()
+        _die_with_parent(parent)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         run(cfg)
         code = 0

@@ -83,10 +83,7 @@ async def test_two_workers_share_the_port_and_drain_on_sigterm(tmp_path):
         await _wait_up(url)
         workers = _children(proc.pid)
         assert len(workers) == 2
-        for _ in range(200):                        # /health answered: one worker is up; wait for both
-            if all(_connections(w, port, "0A") for w in workers):
-                break
-            await asyncio.sleep(0.05)
+        await _both_listening(workers, port)
         body = orjson.dumps({"model": "mock", "stream": True, "messages": [{"role": "user", "content": "x"}]})
         headers = {"Authorization": f"Bearer {MASTER}"}
         first_bytes = 0
@@ -116,9 +113,45 @@ async def test_two_workers_share_the_port_and_drain_on_sigterm(tmp_path):
         with sqlite3.connect(tmp_path / "ledger.db") as db:       # each worker's usage writer flushed
             assert db.execute("SELECT COUNT(*) FROM usage_events").fetchone()[0] == 16
     finally:
-        if proc.poll() is None:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the parent (it forwards), so no worker outlives a failed test."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+async def _both_listening(workers: list[int], port: int) -> None:
+    for _ in range(200):                        # /health answered: one worker is up; wait for both
+        if all(_connections(w, port, "0A") for w in workers):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("a worker never listened")
+
+
+async def test_workers_of_a_killed_parent_stop_too(tmp_path):
+    port = _free_port()
+    proc = _serve("--config", str(_config(tmp_path, port)), "--workers", "2", "--workers-allow-local-state")
+    try:
+        await _wait_up(f"http://127.0.0.1:{port}")
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        await _both_listening(workers, port)
+        proc.kill()                                 # SIGKILL: the parent forwards nothing
+        proc.wait()
+        for _ in range(200):
+            if not [w for w in workers if _running(w)]:
+                break
+            await asyncio.sleep(0.05)
+        assert not [w for w in workers if _running(w)]
+    finally:
+        _stop(proc)
 
 
 def test_workers_without_redis_are_refused_with_the_way_out(tmp_path):
