@@ -23,6 +23,7 @@ from pathlib import Path
 
 import orjson
 
+from bench import field
 from bench.load import run_load
 
 HERE = Path(__file__).parent
@@ -57,15 +58,23 @@ def peak_rss_mb(pid: int) -> float:
 LONG_CHUNKS = 1000    # per-chunk overhead: long streams, so per-request costs fade out
 
 
-def proxy_config(upstream_port: int, port: int, long_port: int, anth_port: int, extra: str = "") -> str:
+def proxy_config(upstream_port: int, port: int, long_port: int, anth_port: int, slow_port: int, trickle_port: int,
+                 extra: str = "") -> str:
     return f"""
 server: {{host: 127.0.0.1, port: {port}, master_key: "{MASTER}", log_level: warning}}
 providers:
   up: {{type: openai, base_url: "http://127.0.0.1:{upstream_port}/v1", api_key: "sk-upstream"}}
+  slow: {{type: openai, base_url: "http://127.0.0.1:{slow_port}/v1", api_key: "sk-upstream"}}
+  trickle: {{type: openai, base_url: "http://127.0.0.1:{trickle_port}/v1", api_key: "sk-upstream",
+            max_connections: {field.STREAM_POOL}, timeouts: {{connect: 30, first_byte: 60}}}}
   dead: {{type: openai, base_url: "http://127.0.0.1:9/v1"}}
   long: {{type: openai, base_url: "http://127.0.0.1:{long_port}/v1", api_key: "sk-upstream"}}
   anth: {{type: anthropic, base_url: "http://127.0.0.1:{anth_port}", api_key: "sk-ant-bench"}}
 models:
+  - name: slow
+    targets: [{{provider: slow, model: bench}}]
+  - name: trickle
+    targets: [{{provider: trickle, model: bench}}]
   - name: long-openai
     targets: [{{provider: long, model: bench}}]
   - name: long-anthropic
@@ -181,6 +190,8 @@ def report(results: dict) -> None:
         print(f"{name}: ttfb p50 direct {row['direct'].get('ttfb_p50_ms')} ms, relay "
               f"{row['relay'].get('ttfb_p50_ms')} ms, proxy {row['proxy'].get('ttfb_p50_ms')} ms")
     print(f"proxy peak RSS: {results['proxy_peak_rss_mb']:.1f} MB")
+    if results.get("field"):
+        field.report(results["field"])
     for k, v in results.get("extra", {}).items():
         print(f"{k}: {v}")
 
@@ -199,45 +210,98 @@ def extras() -> dict:
     return out
 
 
+async def field_scenarios(urls: dict[str, str], proxy_pid: int) -> dict:
+    headers = {"Authorization": f"Bearer {MASTER}", "Content-Type": "application/json"}
+    # streams first: the RSS read during a wave then owes nothing to the rps steps' 1,024 connections
+    streams = await field.stream_waves({"relay": urls["trickle_relay"], "proxy": urls["proxy"]}, headers,
+                                       proxy_pid)
+    rps = await field.rps_at_p99({"direct": urls["slow_direct"], "relay": urls["slow_relay"],
+                                  "proxy": urls["proxy"]}, headers, SECONDS)
+    return {"rps_20ms_p99_under_1s": rps, "streams": streams}
+
+
+def workers_scenario(urls: dict[str, str], proxy: subprocess.Popen, config: str) -> dict:
+    """The same config served by `--workers 2` on another port, beside the running single process."""
+    port = free_port()
+    two = spawn(["-m", "proxy", "serve", "--config", config, "--port", str(port), "--workers", "2",
+                 "--workers-allow-local-state"])
+    try:
+        wait_port(port)
+        time.sleep(1.0)
+        headers = {"Authorization": f"Bearer {MASTER}", "Content-Type": "application/json"}
+        return asyncio.run(field.workers_rps(
+            {"1": urls["proxy"], "2": f"http://127.0.0.1:{port}/v1/chat/completions"},
+            {"1": proxy.pid, "2": two.pid}, headers, SECONDS))
+    finally:
+        two.terminate()
+        two.wait(60)
+
+
 def main() -> None:
     try:
         import uvloop
         uvloop.install()
     except ImportError:
         pass
+    field.raise_fd_limit()                   # 5,000 streams: the client, relay and proxy need the fds
     t0 = time.time()
     up_port, relay_port, proxy_port = free_port(), free_port(), free_port()
     long_port, anth_port = free_port(), free_port()
+    slow_port, trickle_port, slow_relay_port, trickle_relay_port = free_port(), free_port(), free_port(), free_port()
     procs = [spawn(["-m", "bench.fake_upstream", str(up_port)]),
              spawn(["-m", "bench.fake_upstream", str(long_port), str(LONG_CHUNKS)]),
              spawn(["-m", "tests.fakes.anthropic_upstream", "--port", str(anth_port), "--chunks",
-                    str(LONG_CHUNKS)])]
-    wait_port(up_port)
-    wait_port(long_port)
-    wait_port(anth_port)
+                    str(LONG_CHUNKS)]),
+             spawn(["-m", "bench.fake_upstream", str(slow_port), "20", str(field.SLOW_MS)]),
+             spawn(["-m", "bench.fake_upstream", str(trickle_port), str(field.TRICKLE_CHUNKS), "0",
+                    str(field.TRICKLE_GAP_MS)])]
+    for port in (up_port, long_port, anth_port, slow_port, trickle_port):
+        wait_port(port)
     upstream_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+    slow_url = f"http://127.0.0.1:{slow_port}/v1/chat/completions"
     procs.append(spawn(["-m", "bench.bare_relay", str(relay_port), upstream_url]))
+    procs.append(spawn(["-m", "bench.bare_relay", str(slow_relay_port), slow_url, "1024"]))   # the proxy's pool
+    procs.append(spawn(["-m", "bench.bare_relay", str(trickle_relay_port),
+                        f"http://127.0.0.1:{trickle_port}/v1/chat/completions", str(field.STREAM_POOL)]))
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         # BENCH_PROXY_EXTRA: YAML appended to the proxy's config, e.g. to switch stages off and measure the core.
-        f.write(proxy_config(up_port, proxy_port, long_port, anth_port, os.environ.get("BENCH_PROXY_EXTRA", "")))
+        f.write(proxy_config(up_port, proxy_port, long_port, anth_port, slow_port, trickle_port,
+                             os.environ.get("BENCH_PROXY_EXTRA", "")))
     proxy = spawn(["-m", "proxy", "serve", "--config", f.name])
     procs.append(proxy)
     try:
-        wait_port(relay_port)
-        wait_port(proxy_port)
+        for port in (relay_port, slow_relay_port, trickle_relay_port, proxy_port):
+            wait_port(port)
+        time.sleep(1.0)                      # idle: started, nothing served yet
+        writer = field.writer_pid(proxy.pid)
+        rss = {"idle_mb": field.rss_mb(proxy.pid),
+               "writer_start_mb": field.rss_mb(writer) if writer else None}
         urls = {"direct": upstream_url,
                 "relay": f"http://127.0.0.1:{relay_port}/v1/chat/completions",
                 "proxy": f"http://127.0.0.1:{proxy_port}/v1/chat/completions",
                 "long_direct": f"http://127.0.0.1:{long_port}/v1/chat/completions",
-                "anth_direct": f"http://127.0.0.1:{anth_port}/v1/messages", "proxy_pid": str(proxy.pid)}
+                "anth_direct": f"http://127.0.0.1:{anth_port}/v1/messages", "proxy_pid": str(proxy.pid),
+                "slow_direct": slow_url, "slow_relay": f"http://127.0.0.1:{slow_relay_port}/v1/chat/completions",
+                "trickle_relay": f"http://127.0.0.1:{trickle_relay_port}/v1/chat/completions"}
         print(f"bench: {SECONDS:g}s per scenario, one run, same load generator for all paths", flush=True)
         results = {"seconds_per_scenario": SECONDS, "scenarios": asyncio.run(scenarios(urls)),
                    "proxy_peak_rss_mb": peak_rss_mb(proxy.pid)}
+        rss["peak_c32_mb"] = round(results["proxy_peak_rss_mb"], 1)
+        results["field"] = asyncio.run(field_scenarios(urls, proxy.pid))
+        rss["peak_mb"] = field.rss_mb(proxy.pid, "VmHWM")
+        rss["writer_end_mb"] = field.rss_mb(writer) if writer else None
+        results["field"]["workers"] = workers_scenario(urls, proxy, f.name)
+        results["field"] = {"added_p99_c1": field.added_p99(results["scenarios"]), **results["field"],
+                            "rss": rss}
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
-            p.wait(5)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:     # a server that will not stop must not hang the bench
+                p.kill()
+                p.wait()
         os.unlink(f.name)
     results["extra"] = extras() if os.environ.get("BENCH_EXTRAS", "1") != "0" else {}
     results["wall_seconds"] = round(time.time() - t0, 1)

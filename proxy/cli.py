@@ -75,6 +75,8 @@ def dev_master_key(key_file: str) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load_or_exit(args.config)
+    from proxy import workers
+    n_workers = workers.count_or_exit(cfg, args)       # --workers: says why and exits 2 if it cannot run
     server = cfg.server
     overrides: dict = {}
     if args.host:
@@ -104,8 +106,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
+    if n_workers > 1:               # forks the workers, forwards SIGTERM, waits
+        return workers.serve_workers(cfg, n_workers, _worker)
+    return _run(cfg)
+
+
+def _run(cfg: Config, reuse_port: bool = False) -> int:
     try:
-        asyncio.run(serve(cfg))
+        asyncio.run(serve(cfg, reuse_port))
     except ConfigError as e:            # a provider's own settings, checked when its adapter is built
         for problem in e.problems:
             print(f"config error: {problem}", file=sys.stderr)
@@ -116,11 +124,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(cfg: Config) -> None:
+    """One of `--workers N`: binds the port beside the others (SO_REUSEPORT)."""
+    code = _run(cfg, reuse_port=True)
+    if code:
+        raise SystemExit(code)
+
+
 class PortInUse(Exception):
     pass
 
 
-async def serve(cfg: Config) -> None:
+async def serve(cfg: Config, reuse_port: bool = False) -> None:
     from aiohttp import web
 
     from proxy.app import build_app
@@ -130,7 +145,7 @@ async def serve(cfg: Config) -> None:
     drain = cfg.routing.drain_seconds
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=1024)
+    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, backlog=1024, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError as e:
@@ -192,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="config.yaml")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    from proxy.workers import add_arguments as add_workers_arguments
+    add_workers_arguments(p)
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("check-config", help="validate a config file and say what is wrong")
     p.add_argument("file")

@@ -125,7 +125,7 @@ class ProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     api_key: str = ""
     headers: dict[str, str] = {}
     timeouts: Timeouts = Timeouts()
-    max_connections: int = 256
+    max_connections: int = 1024            # 1,000 concurrent streams to one provider without a pool wait
     unsupported_params: Literal["drop", "reject"] = "drop"
     settings: Any = None
     # Set by the loader, never in YAML: the ${VAR} that `api_key` names when it resolved empty for a type
@@ -200,8 +200,10 @@ class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     master: LimitRule | None = None         # the master key is unlimited at key level unless set
     priority_threshold: int = 1             # metadata.priority / x-llm-priority >= this is high priority
     default_max_tokens: int = 1024          # completion tokens reserved when a request sets no max_tokens
-    tokenizer: Literal["auto", "heuristic"] = "auto"   # auto: BPE tables for known OpenAI models
-    tokenizer_max_chars: int = 8000         # longer prompts use the chars/4 heuristic (bounded CPU)
+    # heuristic: chars/4 (at least one per word), no tables | bytes: one per UTF-8 byte, a true bound;
+    # auto: the former BPE setting, now the heuristic (tables never load on the request path)
+    tokenizer: Literal["heuristic", "bytes", "auto"] = "heuristic"
+    tokenizer_max_chars: int = 8000         # longer prompts skip the word count (bounded CPU)
     prefix: str = "llm:rl:"                 # Redis key prefix
     redis_timeout: float = 0.1              # seconds per Redis round trip before the failure policy applies
     breaker_cooldown: float = 2.0           # after a Redis failure, skip Redis for this long

@@ -122,3 +122,33 @@ async def test_a_read_while_the_writer_is_stuck_is_a_clear_503(start_proxy, tmp_
         os.kill(pid, signal.SIGCONT)
     st, body, _ = await request(url, "GET", "/v1/usage")
     assert st == 200 and len(body["data"]) == 1     # written once the writer runs again
+
+
+async def test_every_batch_size_uses_the_same_few_insert_statements(tmp_path):
+    """One statement per batch size filled SQLite's statement cache (128 per connection, up to 1,000 rows
+    each): the writer process grew without bound. Any batch is now made of the few CHUNKS statements."""
+    from proxy.store import open_ledger
+    from proxy.store.usage import CHUNKS, UsageEvent, chunks, write_events
+
+    assert all(sum(chunks(n)) == n and set(chunks(n)) <= set(CHUNKS) for n in range(1, 1001))
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    await ledger.connect()
+    seen: set[str] = set()
+    execute = ledger.execute
+
+    async def counting(sql, *args):
+        seen.add(sql)
+        await execute(sql, *args)
+    ledger.execute = counting                       # type: ignore[method-assign]
+    try:
+        sizes = [1, 2, 3, 5, 17, 63, 64, 65, 255, 256, 257, 300, 511, 999]
+        n = 0
+        for size in sizes:
+            await write_events(ledger, [UsageEvent(f"r{n + i}", 1.0, "2026-01-01") for i in range(size)])
+            n += size
+        await write_events(ledger, [UsageEvent("r0", 1.0, "2026-01-01")])     # a replay is skipped
+    finally:
+        ledger.execute = execute                    # type: ignore[method-assign]
+        await ledger.close()
+    assert len(seen) <= len(CHUNKS)
+    assert _count(tmp_path / "l.db") == n == sum(sizes)

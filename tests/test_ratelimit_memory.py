@@ -4,11 +4,16 @@ concurrency, headers on every answer, /v1/quota."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 
+from proxy.cost.tokens import Tokenizer  # exact counting (off the request path)
 from proxy.limits import Level, format_reset
 from proxy.limits.memory import MemoryLimiter
 from proxy.limits.tokens import TokenEstimator, heuristic
@@ -16,6 +21,7 @@ from tests.conftest import MASTER, make_config
 
 AUTH = {"Authorization": f"Bearer {MASTER}"}
 MSG = [{"role": "user", "content": "hi"}]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Clock:
@@ -101,20 +107,49 @@ async def test_priority_reserve_and_concurrency():
     assert (await lim.acquire(lv, 0, True, "z")).allowed
 
 
-def test_token_estimate_bpe_for_known_models_heuristic_otherwise():
+def test_token_estimate_needs_no_tables_heuristic_or_byte_bound():
     est = TokenEstimator(default_max_tokens=100)
-    est._load("o200k_base")                        # synchronously, for the test
-    body = {"messages": [{"role": "user", "content": "Hello world, how are you today?"}], "max_tokens": 7}
+    text = "Hello world, how are you today?"
+    body = {"messages": [{"role": "user", "content": text}], "max_tokens": 7}
 
     class C:
         endpoint = "chat.completions"
     C.body = body      # type: ignore[attr-defined]
     known = est.estimate(C, "gpt-4o-mini")
-    assert known == 3 + 8 + 3 + 7                 # 8 o200k tokens + message and reply overheads + max_tokens
-    unknown = est.estimate(C, "claude-x")
-    assert unknown == 3 + heuristic("Hello world, how are you today?") + 3 + 7
+    assert known == est.estimate(C, "claude-x") == 3 + heuristic(text) + 3 + 7    # chars/4, any model
     del body["max_tokens"]
-    assert est.estimate(C, "claude-x") == unknown - 7 + 100
+    assert est.estimate(C, "claude-x") == known - 7 + 100
+    body["messages"] = [{"role": "user", "content": "héllo wörld ✓ " * 50}]
+    bound = TokenEstimator(default_max_tokens=0, tokenizer="bytes").estimate(C, "gpt-4o-mini")
+    assert bound >= Tokenizer().count_prompt("gpt-4o-mini", body, "chat.completions")
+    assert bound == 3 + len(("héllo wörld ✓ " * 50).encode()) + 3       # no max_tokens, default 0
+
+
+def test_serving_a_tpm_limit_loads_no_token_tables(tmp_path):
+    """Start-up and a TPM-limited request with a gpt-4o target import no tokenizer (in a fresh process:
+    this test process may have loaded one for other tests)."""
+    code = (
+        "import asyncio, sys\n"
+        "from aiohttp import web\n"
+        "from aiohttp.test_utils import TestClient, TestServer\n"
+        "from proxy.app import build_app\n"
+        "from proxy.config import parse\n"
+        "cfg = parse({'server': {'master_key': 'sk-m'}, 'storage': {'database': 'sqlite://:memory:'},\n"
+        "             'providers': {'local': {'type': 'mock'}},\n"
+        "             'models': [{'name': 'gpt-4o', 'targets': [{'provider': 'local', 'model': 'gpt-4o'}]}],\n"
+        "             'limits': {'global': {'tpm': 1000000}}}, env={})\n"
+        "async def main():\n"
+        "    async with TestClient(TestServer(build_app(cfg))) as c:\n"
+        "        r = await c.post('/v1/chat/completions', json={'model': 'gpt-4o', 'messages': [\n"
+        "            {'role': 'user', 'content': 'hi ' * 500}]}, headers={'Authorization': 'Bearer sk-m'})\n"
+        "        assert r.status == 200, await r.text()\n"
+        "        assert int(r.headers['x-ratelimit-remaining-tokens']) < 1000000\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if 'bpe' in m or 'tiktoken' in m))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_reset_format():

@@ -226,10 +226,7 @@ class RateLimitStage:
     # -- lifecycle and /v1/quota ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.limiter.start()
-        if self.cfg.enabled:
-            for model in _upstream_models(self.router):
-                self.estimator.preload(model)       # token tables load in a thread, off the loop
+        await self.limiter.start()          # token estimates need no tables: nothing else to load
 
     async def close(self) -> None:
         await self.limiter.close()
@@ -243,10 +240,6 @@ class RateLimitStage:
         levels += [lv for lv in (self.key_level(key), self.source_level(getattr(key, "source_id", None)),
                                  self.global_) if lv]
         return await self.limiter.peek(levels)
-
-
-def _upstream_models(router: Any) -> list[str]:
-    return sorted({t.model for name in router.models for t in router.resolve(name).targets})
 
 
 class LimitsCollector(Collector):
