@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import gc
 import logging
@@ -95,7 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cfg = msgspec.structs.replace(cfg, server=msgspec.structs.replace(server, **overrides))
     from proxy.telemetry.logging import setup_logging
     logs = cfg.telemetry.logs
-    setup_logging(logs.level or cfg.server.log_level, logs.format)    # JSON lines, secrets redacted
+    setup_logging(logs.level or cfg.server.log_level, logs.format, batch=True)   # JSON lines, redacted
     for warning in key_warnings(cfg):
         logging.getLogger("proxy").warning("%s", warning)
     ledger = sqlite_file(cfg.storage.database)
@@ -160,6 +161,8 @@ async def serve(cfg: Config, reuse_port: bool = False) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    done = asyncio.Event()
+    flushing = asyncio.create_task(_flush_logs(done))
     await stop.wait()
     # Graceful shutdown: /ready fails and new calls get 503 at once; calls in flight (streams included)
     # get up to `routing.drain_seconds` to finish; then the app's cleanup flushes the ledger and closes.
@@ -168,6 +171,20 @@ async def serve(cfg: Config, reuse_port: bool = False) -> None:
     logging.getLogger("proxy").info("shutting down: draining %d in-flight requests (up to %gs)", gw.inflight, drain)
     await drain_calls(gw, drain)
     await runner.cleanup()
+    done.set()
+    await flushing
+
+
+async def _flush_logs(done: asyncio.Event, every: float = 0.1) -> None:
+    """The batched log handler's lines go out at least every `every` seconds (and once more at the end)."""
+    root = logging.getLogger()
+    while True:
+        for h in root.handlers:
+            h.flush()
+        if done.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), every)
 
 
 async def drain_calls(gw: Gateway, seconds: float) -> None:

@@ -106,3 +106,31 @@ def test_level_and_text_format():
         root.setLevel(level)
     out = buf.getvalue()
     assert "hidden" not in out and "shown ***" in out and not out.startswith("{")
+
+
+def test_batched_handler_writes_many_lines_at_once_and_warnings_at_once():
+    from proxy.telemetry.logging import BatchedHandler, JsonFormatter
+
+    class Counting(io.StringIO):
+        writes = 0
+
+        def write(self, s: str) -> int:
+            Counting.writes += 1
+            return super().write(s)
+
+    out = Counting()
+    h = BatchedHandler(out)
+    h.setFormatter(JsonFormatter())
+    log = logging.getLogger("proxy.access")
+    record = lambda lvl, msg, **f: log.makeRecord(log.name, lvl, __file__, 1, msg, None, None,  # noqa: E731
+                                                  extra={"fields": f})
+    for i in range(50):
+        h.handle(record(logging.INFO, "request", request_id=f"r{i}", error=None, model="sk-abcdefghijklmnopqrstuvwxyz1234"))
+    assert out.getvalue() == "" and Counting.writes == 0
+    h.handle(record(logging.WARNING, "slow"))             # a warning goes out at once, with what waited
+    lines = [orjson.loads(x) for x in out.getvalue().splitlines()]
+    assert len(lines) == 51 and Counting.writes == 1
+    assert "sk-abcdefghijklmnopqrstuvwxyz1234" not in out.getvalue()   # free-text fields still masked
+    h.handle(record(logging.INFO, "request", request_id="last"))
+    h.flush()
+    assert orjson.loads(out.getvalue().splitlines()[-1])["request_id"] == "last"
