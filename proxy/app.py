@@ -7,7 +7,7 @@ import contextlib
 
 from aiohttp import web
 
-from proxy.api import admin, admin_budgets, admin_cache, admin_providers, chat, health, models, quota, usage
+from proxy.api import admin, admin_budgets, admin_cache, admin_providers, chat, envelope, health, models, quota, usage
 from proxy.api import graphql as graphql_api
 from proxy.api import metrics as metrics_api
 from proxy.api.auth_throttle import AuthThrottle
@@ -82,6 +82,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> web.Application
     app.router.add_post("/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/embeddings", chat.embeddings)
     app.router.add_post("/embeddings", chat.embeddings)
+    app.router.add_post("/v1/requests", envelope.requests)              # the seed's request envelope
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{id:.+}", models.get_model)
     app.router.add_get("/health", health.health)
