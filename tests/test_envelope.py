@@ -51,7 +51,7 @@ async def test_envelope_answers_chat_completion_and_honours_options(start_proxy,
     assert ev["source"] == {"type": "application", "id": "app-7"} and ev["metadata"]["async"] is False
     # cache: opt-in mode, the option turns it on: a second identical call is a hit
     st, _, h1 = await _post(url, _env(cache=True, max_tokens=4))
-    st2, b2, h2 = await _post(url, _env(cache=True, max_tokens=4))
+    st2, _, h2 = await _post(url, _env(cache=True, max_tokens=4))
     assert (st, st2) == (200, 200) and h1["x-llm-cache"] == "MISS" and h2["x-llm-cache"] == "HIT"
     st, _, h3 = await _post(url, _env(cache=False, max_tokens=4))
     assert st == 200 and h3["x-llm-cache"] == "BYPASS"

@@ -55,7 +55,7 @@ def _fields(obj: Any, path: str, spec: dict[str, tuple[type | tuple[type, ...], 
         typ, what = spec[name]
         if value is None:
             continue
-        if isinstance(value, bool) and typ is not bool or not isinstance(value, typ):
+        if (isinstance(value, bool) and typ is not bool) or not isinstance(value, typ):
             raise _bad(f"{path}.{name}", f"expected {what}")
     return obj
 
