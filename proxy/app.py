@@ -7,7 +7,21 @@ import contextlib
 
 from aiohttp import web
 
-from proxy.api import admin, admin_budgets, admin_cache, admin_providers, chat, envelope, health, models, quota, usage
+from proxy.api import (
+    admin,
+    admin_budgets,
+    admin_cache,
+    admin_providers,
+    batches,
+    chat,
+    envelope,
+    files,
+    health,
+    jobs,
+    models,
+    quota,
+    usage,
+)
 from proxy.api import graphql as graphql_api
 from proxy.api import metrics as metrics_api
 from proxy.api.auth_throttle import AuthThrottle
@@ -99,6 +113,9 @@ def build_app(config: Config, gateway: Gateway | None = None) -> web.Application
         admin.setup(app, gw.keys)                             # /admin/keys, /admin/audit
         gw.ready_checks["storage"] = gw.keys.ledger.ping
         app.on_startup.append(_open_keys)
+        jobs.setup(app)                                       # async jobs, batches: workers start after the
+        files.setup(app)                                      # ledger opens and stop before the usage flush
+        batches.setup(app)
         usage.setup(app)                                      # /v1/usage*, /admin/budgets; flushes before
         admin_budgets.setup(app)                              # the ledger closes (on_cleanup order)
         app.on_cleanup.append(_close_keys)

@@ -223,6 +223,40 @@ class GraphQLConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     graphiql: bool = False                          # serve the GraphiQL page on GET /graphql from a browser
 
 
+class JobsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Async jobs and batch lines: stored in the ledger, run by workers in every gateway process."""
+
+    enabled: bool = True
+    concurrency: int = 8                # jobs and batch lines in flight at once, per process
+    lease_seconds: float = 30.0         # a claimed job/line whose worker died is retried after this
+    poll_interval: float = 0.5          # seconds between looks for new work when idle
+    result_ttl: float = 86400.0         # seconds a finished job's result is kept
+    retry_after: int = 1                # the Retry-After a 202 answer carries
+    batch_share: float = 0.5            # share of jobs.concurrency and of every rate limit batch lines may take
+
+
+class BatchesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """OpenAI's Batch API, run by the gateway for every provider (/v1/files, /v1/batches)."""
+
+    max_lines: int = 50_000             # lines in one input file
+    max_file_bytes: int = 200 * 1024 * 1024
+    progress_interval: float = 1.0      # seconds between request_counts updates while lines run
+    rate_limit_pause: float = 1.0       # seconds a line refused by a rate limit waits before its retry
+    budget_pause: float = 30.0          # seconds a batch whose budget ran out waits before trying again
+    discount: dict[str, float] = {}     # model (public name, or "*") -> share taken off a batch line's price
+
+
+class WebhooksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Job completion webhooks (Standard Webhooks format)."""
+
+    allow_hosts: list[str] = []         # host names or IPs, optional :port; nothing else is called
+    secret: str = ""                    # whsec_... (base64); empty: webhooks are refused
+    max_attempts: int = 8
+    backoff_base: float = 1.0           # seconds before the first retry; doubles each time
+    backoff_max: float = 3600.0
+    timeout: float = 10.0               # seconds per delivery attempt
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -235,6 +269,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     budgets: BudgetsConfig = BudgetsConfig()
     limits: LimitsConfig = LimitsConfig()
     graphql: GraphQLConfig = GraphQLConfig()
+    jobs: JobsConfig = JobsConfig()
+    batches: BatchesConfig = BatchesConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -22,6 +22,34 @@ def check(cfg: Config, provider_names: set[str], index: list[int], problems: lis
     _check_server(cfg, problems)
     _check_limits(cfg.limits, provider_names, problems)
     _check_telemetry(cfg, problems)
+    _check_jobs(cfg, problems)
+
+
+def _check_jobs(cfg: Config, problems: list[str]) -> None:
+    import base64
+    import binascii
+
+    j, w = cfg.jobs, cfg.webhooks
+    if j.concurrency < 1:
+        problems.append("jobs.concurrency: must be at least 1")
+    if j.lease_seconds <= 0:
+        problems.append("jobs.lease_seconds: must be positive")
+    if j.poll_interval <= 0:
+        problems.append("jobs.poll_interval: must be positive")
+    if not 0 < j.batch_share <= 1:
+        problems.append("jobs.batch_share: must be above 0 and at most 1")
+    for model, d in cfg.batches.discount.items():
+        if not 0 <= d <= 1:
+            problems.append(f"batches.discount.{model}: must be between 0 and 1 (0.5 = half price)")
+    if w.max_attempts < 1:
+        problems.append("webhooks.max_attempts: must be at least 1")
+    if w.backoff_base < 0 or w.timeout <= 0:
+        problems.append("webhooks.backoff_base: must not be negative (and webhooks.timeout positive)")
+    if w.secret:
+        try:
+            base64.b64decode(w.secret.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            problems.append("webhooks.secret: expected whsec_ followed by base64")
 
 
 def _check_models(cfg: Config, provider_names: set[str], index: list[int], problems: list[str]) -> None:

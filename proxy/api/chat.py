@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proxy.api import jobs
 from proxy.api.http import REQUEST_ID
 from proxy.api.parse import chat_call, decode_json
 from proxy.api.respond import serve_call
@@ -15,7 +16,10 @@ async def _serve(request: web.Request, endpoint: str) -> web.StreamResponse:
     if not request.app[GATEWAY].accepting:
         raise Unavailable("The server is shutting down; retry on another replica.",
                           headers={"Connection": "close", "Retry-After": "1"})
-    call = chat_call(decode_json(await request.read()), request.headers, request_id=request.get(REQUEST_ID))
+    body = decode_json(await request.read())
+    if jobs.wants_async(request):                    # x-llm-async: true -> 202 and a job (proxy/api/jobs.py)
+        return await jobs.submit(request, body, endpoint, "options.webhook_url")
+    call = chat_call(body, request.headers, request_id=request.get(REQUEST_ID))
     call.endpoint = endpoint
     return await serve_call(request, call)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.api import jobs
 from proxy.api.http import REQUEST_ID
 from proxy.api.parse import chat_call, decode_json
 from proxy.api.respond import serve_call
@@ -109,19 +110,14 @@ async def requests(request: web.Request) -> web.StreamResponse:
                           headers={"Connection": "close", "Retry-After": "1"})
     req = unwrap(decode_json(await request.read()))
     opts = req.get("options") or {}
-    if opts.get("async"):
-        submit = request.app.get(ASYNC_SUBMIT)
-        if submit is None:
-            raise InvalidRequest("Async jobs need the ledger (storage.database).", param="request.options.async",
-                                 code="unsupported_value")
-        return await submit(request, req, "chat.completions", "request.options.webhook_url")
-    call = chat_call(req, request.headers, request_id=request.get(REQUEST_ID), ingress="envelope")
-    call.endpoint = "chat.completions"
     try:
+        if opts.get("async") or jobs.wants_async(request):
+            return await jobs.submit(request, req, "chat.completions", "request.options.webhook_url")
+        if opts.get("webhook_url") is not None:
+            raise _bad("request.options.webhook_url", "a webhook needs 'request.options.async': true",
+                       "invalid_value")
+        call = chat_call(req, request.headers, request_id=request.get(REQUEST_ID), ingress="envelope")
+        call.endpoint = "chat.completions"
         return await serve_call(request, call)
     except InvalidRequest as e:
         raise _prefixed(e) from None
-
-
-# Set by app.py when async jobs run: (request, chat body, endpoint, webhook param) -> the 202 answer.
-ASYNC_SUBMIT = web.AppKey("async_submit", object)

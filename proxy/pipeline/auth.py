@@ -40,4 +40,5 @@ class AuthStage:
         self.auth = auth
 
     async def check(self, call: ChatCall) -> None:
-        call.key = await self.auth.authenticate(call.credential)
+        if call.key is None:        # set already: a stored job or batch line, authenticated at submission
+            call.key = await self.auth.authenticate(call.credential)

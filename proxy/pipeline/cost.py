@@ -112,7 +112,7 @@ class Recorder:
             target.provider if target is not None else None, target.model if target is not None else None,
             call.key.id if call.key is not None else None, call.budget_id or budget_id_of(call),
             u.prompt_tokens, u.completion_tokens, u.cached_tokens, cost, saved,
-            call.ingress == "batch" or (isinstance(opts, dict) and bool(opts.get("async"))),
+            call.ingress in ("batch", "job") or (isinstance(opts, dict) and bool(opts.get("async"))),
             call.cache == "hit", batch_id_of(call), call.stream, status or 500, error,
             round((time.monotonic() - started) * 1000, 3),
             round((first - started) * 1000, 3) if first else None, u.estimated)

@@ -80,6 +80,8 @@ class Ledger(Protocol):
 
     async def execute(self, sql: str, *args: Any) -> None: ...
     async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
+    async def fetch_write(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...   # UPDATE ... RETURNING
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None: ...    # one transaction
 
 
 def open_ledger(url: str) -> Ledger:

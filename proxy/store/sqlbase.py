@@ -59,6 +59,10 @@ class SQLLedger:
     async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         raise NotImplementedError
 
+    async def fetch_write(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """A writing statement that returns rows (`UPDATE ... RETURNING`: claiming jobs and lines)."""
+        return await self.fetch(sql, *args)
+
     async def ping(self) -> bool:
         try:
             return (await self.fetch("SELECT 1"))[0][0] == 1

@@ -81,6 +81,10 @@ class SQLiteLedger(SQLLedger):
         async with self.db.execute(sql, args) as cur:
             return [tuple(r) for r in await cur.fetchall()]
 
+    async def fetch_write(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        async with self._write, self.db.execute(sql, args) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
+
     async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         db = self.db
         async with self._write:
