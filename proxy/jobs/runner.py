@@ -55,6 +55,7 @@ class Runner:
         self._keys: dict[str, tuple[Principal, float]] = {}
         self._batches: dict[str, tuple[str, str]] = {}       # batch id -> (key id, endpoint)
         self._renew_at = self._purge_at = 0.0
+        self.lines_run = self.jobs_run = 0                   # calls made (stats, tests)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -171,6 +172,7 @@ class Runner:
         try:
             key = await self._key(job.key_id)
             call = work.new_call(job.body, job.endpoint, key, work.job_request_id(job.id), "job", job.headers)
+            self.jobs_run += 1
             out = await work.run(self.gw, call)
         except ProxyError as e:
             if e.status == 503 and not self.gw.accepting:   # shutting down: give the job back
@@ -211,6 +213,7 @@ class Runner:
             call = work.new_call(dict(line.body), ENDPOINTS.get(endpoint, "chat.completions"),
                                  await self._key(key_id), rid, "batch")
             call.batch_id = line.batch_id
+            self.lines_run += 1
             out = await work.run(self.gw, call)
         except ProxyError as e:
             if e.status == 503:                 # shutting down: give the line back
@@ -265,4 +268,5 @@ class Runner:
 
 
 def stats(r: Runner) -> dict[str, Any]:
-    return {"jobs_running": len(r.jobs), "lines_running": len(r.lines), "lines_settling": len(r.to_settle)}
+    return {"jobs_running": len(r.jobs), "lines_running": len(r.lines), "lines_settling": len(r.to_settle),
+            "jobs_run": r.jobs_run, "lines_run": r.lines_run}

@@ -179,7 +179,7 @@ async def write_events(ledger: Ledger, batch: list[UsageEvent]) -> None:
             await ledger.execute(_multi_insert(size), *flat)
             i += size
     else:
-        await ledger.executemany(INSERT, [to_row(e) for e in batch])  # type: ignore[attr-defined]
+        await ledger.executemany(INSERT, [to_row(e) for e in batch])
 
 
 MAX_BATCH = 1000                                # SQLite: at most 32766 bound parameters per statement

@@ -1,0 +1,95 @@
+"""Batches survive a SIGKILL (no line settled or billed twice after the restart) and two gateways on one
+PostgreSQL ledger share a batch without running a line twice (FOR UPDATE SKIP LOCKED leases)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+
+import openai
+import orjson
+
+from proxy.api.jobs import RUNNER
+from tests.conftest import make_config, openai_provider
+from tests.keys_helpers import pg_url  # noqa: F401 - fixture
+from tests.test_batches import _lines, _until_done
+from tests.test_shutdown import _free_port, _wait_up
+
+MASTER = "sk-batch-durable-test"
+
+
+def _serve(cfg_path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(cfg_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def test_sigkill_mid_batch_then_restart_settles_each_line_once(tmp_path):
+    port = _free_port()
+    db = tmp_path / "ledger.db"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+server: {{port: {port}, master_key: "{MASTER}", log_level: warning}}
+storage: {{database: "sqlite:///{db}"}}
+providers: {{local: {{type: mock, first_token_delay_ms: 15}}}}
+models: [{{name: mock, targets: [{{provider: local, model: mock}}]}}]
+jobs: {{concurrency: 8, batch_share: 1.0, lease_seconds: 0.5, poll_interval: 0.02}}
+batches: {{progress_interval: 0.05}}
+""")
+    url = f"http://127.0.0.1:{port}"
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key=MASTER, max_retries=0)
+    proc = _serve(cfg)
+    try:
+        await _wait_up(url)
+        f = await client.files.create(file=("in.jsonl", io.BytesIO(_lines(120))), purpose="batch")
+        b = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        for _ in range(500):
+            cur = await client.batches.retrieve(b.id)
+            if cur.request_counts.completed >= 20:
+                break
+            await asyncio.sleep(0.01)
+        assert cur.status == "in_progress" and 20 <= cur.request_counts.completed < 120
+        proc.send_signal(signal.SIGKILL)                # mid-batch: lines in flight, leases held
+        proc.wait(10)
+        proc = _serve(cfg)
+        await _wait_up(url)
+        done = await _until_done(client, b.id)
+        output = (await client.files.content(done.output_file_id)).content.decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        await client.close()
+    assert done.status == "completed" and done.request_counts.completed == 120
+    rows = [orjson.loads(x) for x in output.splitlines()]
+    per_custom = Counter(r["custom_id"] for r in rows)
+    assert len(per_custom) == 120 and set(per_custom.values()) == {1}
+    with sqlite3.connect(db) as conn:
+        events = Counter(rid for (rid,) in conn.execute("SELECT request_id FROM usage_events WHERE batch_id = ?",
+                                                        (b.id,)))
+    # every line billed exactly once: one event per output line's request id, and no other events
+    assert sorted(events) == sorted(r["response"]["request_id"] for r in rows)
+    assert set(events.values()) == {1}
+
+
+async def test_two_gateways_on_postgresql_share_a_batch(start_proxy, fake_openai, pg_url):  # noqa: F811
+    cfg = make_config(storage={"database": pg_url}, providers={"up": openai_provider(fake_openai)},
+                      models=[{"name": "gpt", "targets": [{"provider": "up", "model": "gpt-4o-mini"}]}],
+                      jobs={"poll_interval": 0.02, "concurrency": 4, "batch_share": 1.0},
+                      batches={"progress_interval": 0.05})
+    fake_openai.delay = 0.01
+    a, b = await start_proxy(cfg), await start_proxy(cfg)
+    client = openai.AsyncOpenAI(base_url=str(a.make_url("/v1")), api_key=make_config().server.master_key,
+                                max_retries=0)
+    f = await client.files.create(file=("in.jsonl", io.BytesIO(_lines(80, "gpt"))), purpose="batch")
+    batch = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    done = await _until_done(client, batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 80
+    prompts = Counter(r["messages"][0]["content"] for r in fake_openai.requests)
+    assert len(prompts) == 80 and set(prompts.values()) == {1}      # no line ran twice
+    ran = [a.app[RUNNER].lines_run, b.app[RUNNER].lines_run]
+    assert sum(ran) == 80 and min(ran) > 0                            # both gateways took lines
+    await client.close()
