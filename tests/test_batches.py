@@ -154,3 +154,51 @@ async def test_cancel_a_running_batch(start_proxy, tmp_path):
     await client.files.delete(f.id)
     with pytest.raises(openai.NotFoundError):
         await client.files.retrieve(f.id)
+
+
+async def test_batch_takes_only_its_share_of_a_rate_limit_and_waits_instead_of_failing(start_proxy, tmp_path):
+    cfg = _config(f"sqlite:///{tmp_path}/l.db", limits={"global": {"rpm": 4}},
+                  batches={"rate_limit_pause": 0.05}, jobs={"batch_share": 0.5})
+    server = await start_proxy(cfg)
+    client = _client(server)
+    f = await client.files.create(file=("in.jsonl", io.BytesIO(_lines(6))), purpose="batch")
+    b = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    for _ in range(100):
+        cur = await client.batches.retrieve(b.id)
+        if cur.request_counts.completed == 2:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)                          # the other lines wait for the limit, none fails
+    cur = await client.batches.retrieve(b.id)
+    assert cur.status == "in_progress" and (cur.request_counts.completed, cur.request_counts.failed) == (2, 0)
+    live = [(await client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "x"}]))
+            for _ in range(2)]                        # live calls keep the other half of the limit
+    assert all(r.object == "chat.completion" for r in live)
+    await client.batches.cancel(b.id)
+    done = await _until_done(client, b.id)
+    assert done.status == "cancelled" and done.request_counts.failed == 0
+
+
+async def test_a_budget_that_runs_out_pauses_the_batch(start_proxy, tmp_path):
+    from tests.cost_helpers import PER_CALL_NANOS, priced_config
+    cfg = priced_config(f"sqlite:///{tmp_path}/l.db", jobs={"poll_interval": 0.02},
+                        batches={"progress_interval": 0.05, "budget_pause": 0.1}, budgets={"cache_ttl": 0.05})
+    server = await start_proxy(cfg)
+    url = str(server.make_url(""))
+    st, _, _ = await request(url, "POST", "/admin/budgets", {"id": "b", "amount_usd": 3 * PER_CALL_NANOS / 1e9,
+                                                            "period": "total"})
+    assert st == 200
+    client = _client(server, (await create_key(server, name="k", budget_id="b"))["key"])
+    f = await client.files.create(file=("in.jsonl", io.BytesIO(_lines(6, max_tokens=16))), purpose="batch")
+    b = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    for _ in range(200):
+        cur = await client.batches.retrieve(b.id)
+        if (cur.model_extra or {}).get("pause_reason") and cur.request_counts.completed == 3:
+            break
+        await asyncio.sleep(0.02)
+    assert cur.status == "in_progress" and cur.request_counts.failed == 0 and cur.request_counts.completed == 3
+    assert cur.model_extra["pause_reason"].startswith("budget_exhausted")
+    st, _, _ = await request(url, "PATCH", "/admin/budgets/b", {"amount_usd": 1})
+    assert st == 200
+    done = await _until_done(client, b.id)
+    assert done.status == "completed" and done.request_counts.completed == 6 and done.request_counts.failed == 0

@@ -9,6 +9,7 @@ tightest level; a refusal is 429 `rate_limit_exceeded` with Retry-After.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import uuid
@@ -81,6 +82,7 @@ class RateLimitStage:
         self._source_levels: dict[str, Level | None] = {}
         self._targets: dict[int, list[Target]] = {}
         self._lease = uuid.uuid4().hex[:12] + ":"
+        self.batch_reserve = 1.0 - config.jobs.batch_share   # batch lines never take more than batch_share
         self.rejected: dict[str, int] = {}
 
     # -- which levels apply --------------------------------------------------------------------------
@@ -180,6 +182,8 @@ class RateLimitStage:
         levels, token_model = self.levels_for(call)
         if not levels:
             return None
+        if call.ingress == "batch" and self.batch_reserve > 0:   # low priority: the rest stays for live calls
+            levels = [dataclasses.replace(lv, reserve=max(lv.reserve, self.batch_reserve)) for lv in levels]
         return self._acquire(call, levels, token_model)
 
     async def _acquire(self, call: ChatCall, levels: list[Level], token_model: str) -> None:
@@ -191,7 +195,8 @@ class RateLimitStage:
                 settles = True
         tokens = self.estimator.estimate(call, token_model) if uses_tokens else 0
         lease = f"{self._lease}{id(call)}"     # unique among calls in flight
-        d = await self.limiter.acquire(levels, tokens, self.high_priority(call), lease)
+        high = call.ingress != "batch" and self.high_priority(call)
+        d = await self.limiter.acquire(levels, tokens, high, lease)
         headers = rate_headers(d.states)
         if not d.allowed:
             raise self._refusal(d, headers, tokens)
