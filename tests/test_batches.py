@@ -66,7 +66,7 @@ async def test_batch_with_the_openai_sdk(start_proxy, tmp_path):
     # each line's response.request_id is its usage event's request id, tagged with the batch
     url = str(server.make_url(""))
     for _ in range(100):
-        st, ev, _ = await request(url, "GET", "/v1/usage?limit=100")
+        _, ev, _ = await request(url, "GET", "/v1/usage?limit=100")
         if len(ev["data"]) >= 60:
             break
         await asyncio.sleep(0.05)
@@ -118,7 +118,7 @@ async def test_validation_names_lines_and_checks_models_before_running(start_pro
     assert done.status == "failed" and done.failed_at and done.errors is not None
     [err] = done.errors.data
     assert err.line == 3 and err.code in ("model_not_found", "model_not_allowed") and "line 3" in err.message
-    st, ev, _ = await request(str(server.make_url("")), "GET", "/v1/usage")
+    _, ev, _ = await request(str(server.make_url("")), "GET", "/v1/usage")
     assert ev["data"] == []
     # scoped to the key: another key sees neither the file nor the batch
     other = _client(server, (await create_key(server, name="other"))["key"])
