@@ -28,7 +28,7 @@ def _serve(cfg_path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-async def test_sigkill_mid_batch_then_restart_settles_each_line_once(tmp_path):
+async def test_sigterm_then_sigkill_mid_batch_each_line_settled_and_billed_once(tmp_path):
     port = _free_port()
     db = tmp_path / "ledger.db"
     cfg = tmp_path / "c.yaml"
@@ -45,14 +45,17 @@ batches: {{progress_interval: 0.05}}
     proc = _serve(cfg)
     try:
         await _wait_up(url)
-        f = await client.files.create(file=("in.jsonl", io.BytesIO(_lines(120))), purpose="batch")
+        f = await client.files.create(file=("in.jsonl", io.BytesIO(_lines(100))), purpose="batch")
         b = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-        for _ in range(500):
-            cur = await client.batches.retrieve(b.id)
-            if cur.request_counts.completed >= 20:
-                break
-            await asyncio.sleep(0.01)
-        assert cur.status == "in_progress" and 20 <= cur.request_counts.completed < 120
+        await _until_completed(client, b.id, 10)
+        proc.send_signal(signal.SIGTERM)                # drain: lines in flight finish, nothing new is taken
+        assert proc.wait(20) == 0
+        with sqlite3.connect(db) as conn:
+            states = dict(conn.execute("SELECT state, COUNT(*) FROM batch_lines GROUP BY state").fetchall())
+        assert "leased" not in states and states["done"] >= 10, states     # every lease settled or released
+        proc = _serve(cfg)
+        await _wait_up(url)
+        await _until_completed(client, b.id, states["done"] + 10)
         proc.send_signal(signal.SIGKILL)                # mid-batch: lines in flight, leases held
         proc.wait(10)
         proc = _serve(cfg)
@@ -63,16 +66,25 @@ batches: {{progress_interval: 0.05}}
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
         await client.close()
-    assert done.status == "completed" and done.request_counts.completed == 120
+    assert done.status == "completed" and done.request_counts.completed == 100
     rows = [orjson.loads(x) for x in output.splitlines()]
     per_custom = Counter(r["custom_id"] for r in rows)
-    assert len(per_custom) == 120 and set(per_custom.values()) == {1}
+    assert len(per_custom) == 100 and set(per_custom.values()) == {1}
     with sqlite3.connect(db) as conn:
         events = Counter(rid for (rid,) in conn.execute("SELECT request_id FROM usage_events WHERE batch_id = ?",
                                                         (b.id,)))
     # every line billed exactly once: one event per output line's request id, and no other events
     assert sorted(events) == sorted(r["response"]["request_id"] for r in rows)
     assert set(events.values()) == {1}
+
+
+async def _until_completed(client: openai.AsyncOpenAI, batch_id: str, n: int) -> None:
+    for _ in range(500):
+        cur = await client.batches.retrieve(batch_id)
+        if cur.request_counts.completed >= n:
+            break
+        await asyncio.sleep(0.01)
+    assert cur.status == "in_progress" and n <= cur.request_counts.completed < cur.request_counts.total
 
 
 async def test_two_gateways_on_postgresql_share_a_batch(start_proxy, fake_openai, pg_url):  # noqa: F811
@@ -84,12 +96,12 @@ async def test_two_gateways_on_postgresql_share_a_batch(start_proxy, fake_openai
     a, b = await start_proxy(cfg), await start_proxy(cfg)
     client = openai.AsyncOpenAI(base_url=str(a.make_url("/v1")), api_key=make_config().server.master_key,
                                 max_retries=0)
-    f = await client.files.create(file=("in.jsonl", io.BytesIO(_lines(80, "gpt"))), purpose="batch")
+    f = await client.files.create(file=("in.jsonl", io.BytesIO(_lines(40, "gpt"))), purpose="batch")
     batch = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     done = await _until_done(client, batch.id)
-    assert done.status == "completed" and done.request_counts.completed == 80
+    assert done.status == "completed" and done.request_counts.completed == 40
     prompts = Counter(r["messages"][0]["content"] for r in fake_openai.requests)
-    assert len(prompts) == 80 and set(prompts.values()) == {1}      # no line ran twice
+    assert len(prompts) == 40 and set(prompts.values()) == {1}      # no line ran twice
     ran = [a.app[RUNNER].lines_run, b.app[RUNNER].lines_run]
-    assert sum(ran) == 80 and min(ran) > 0                            # both gateways took lines
+    assert sum(ran) == 40 and min(ran) > 0                            # both gateways took lines
     await client.close()
