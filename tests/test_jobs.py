@@ -181,3 +181,22 @@ async def test_async_header_off_is_a_live_call(start_proxy, tmp_path, value):
     st, b, _ = await request(url, "POST", "/v1/chat/completions", {"model": "mock", "messages": MSG},
                              headers={**ADMIN, "x-llm-async": value})
     assert st == 200 and b["object"] == "chat.completion"
+
+
+async def test_job_with_the_openai_sdk_as_the_readme_shows(start_proxy, tmp_path):
+    import openai
+
+    from tests.conftest import MASTER
+    server = await start_proxy(_config(tmp_path))
+    client = openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key=MASTER, max_retries=0)
+    raw = await client.chat.completions.with_raw_response.create(
+        model="mock", messages=MSG, extra_headers={"x-llm-async": "true"})
+    assert raw.http_response.status_code == 202
+    job_id = raw.http_response.json()["id"]
+    for _ in range(200):
+        j = await client.get(f"/jobs/{job_id}", cast_to=object)
+        if j["status"] not in ("queued", "in_progress"):
+            break
+        await asyncio.sleep(0.02)
+    assert j["status"] == "completed" and j["result"]["object"] == "chat.completion"
+    await client.close()
