@@ -35,6 +35,9 @@ from proxy.store.batches import Line, Settled
 from proxy.store.jobs import COMPLETED, FAILED, Job
 
 log = logging.getLogger("proxy.jobs")
+# Refusals that pass (a limit, a budget, the ledger, a drain): the line runs again later rather than
+# failing. A target whose circuit is open is an upstream failure: the line fails, as OpenAI's would.
+WAIT_CODES = frozenset({"rate_limit_exceeded", "insufficient_quota", "ledger_unavailable", "gateway_shutting_down"})
 KEY_TTL = 5.0                        # seconds a job's key is cached by the worker (a revoke applies within)
 
 
@@ -220,7 +223,7 @@ class Runner:
                 await bstore.release_lines(self.ledger, self.owner, [(line.batch_id, line.custom_id)])
                 return
             out = work.refused(e)
-        if out.refused_before_provider and out.status in (429, 503):
+        if out.refused_before_provider and out.code in WAIT_CODES:
             await self._later(line, out)
             return
         self.to_settle.append(work.settled(line, rid, out))
