@@ -65,13 +65,13 @@ async def test_batch_with_the_openai_sdk(start_proxy, tmp_path):
     assert rows[0]["response"]["body"]["object"] == "chat.completion"
     # each line's response.request_id is its usage event's request id, tagged with the batch
     url = str(server.make_url(""))
-    for _ in range(100):
-        _, ev, _ = await request(url, "GET", "/v1/usage?limit=100")
-        if len(ev["data"]) >= 60:
-            break
-        await asyncio.sleep(0.05)
+    await request(url, "POST", "/v1/chat/completions", {"model": "mock", "messages": [{"role": "user",
+                                                                                       "content": "live"}]})
+    _, ev, _ = await request(url, "GET", f"/v1/usage?limit=100&batch_id={batch.id}")
     events = {e["request_id"]: e for e in ev["data"]}
-    assert len(events) == 60
+    assert len(events) == 60                          # the live call is not in the batch's events
+    _, summ, _ = await request(url, "GET", f"/v1/usage/summary?batch_id={batch.id}")
+    assert summ["total"]["requests"] == 60 and summ["total"]["completion_tokens"] == 240
     for r in rows:
         e = events[r["response"]["request_id"]]
         assert e["metadata"]["batch_id"] == batch.id and e["metadata"]["async"] is True
@@ -202,3 +202,29 @@ async def test_a_budget_that_runs_out_pauses_the_batch(start_proxy, tmp_path):
     assert st == 200
     done = await _until_done(client, b.id)
     assert done.status == "completed" and done.request_counts.completed == 6 and done.request_counts.failed == 0
+
+
+async def test_embeddings_batch_and_lines_ordered_by_priority(start_proxy, fake_openai, tmp_path):
+    cfg = _config(f"sqlite:///{tmp_path}/l.db", providers={"up": openai_provider(fake_openai)},
+                  models=[{"name": "gpt", "targets": [{"provider": "up", "model": "gpt-4o-mini"}]}],
+                  jobs={"concurrency": 1, "batch_share": 1.0})
+    client = _client(await start_proxy(cfg))
+    emb = b"".join(orjson.dumps({"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+                                 "body": {"model": "gpt", "input": f"text {i}"}}) + b"\n" for i in range(3))
+    f = await client.files.create(file=("e.jsonl", io.BytesIO(emb)), purpose="batch")
+    b = await client.batches.create(input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h")
+    done = await _until_done(client, b.id)
+    assert done.status == "completed" and done.request_counts.completed == 3
+    rows = [orjson.loads(x) for x in (await client.files.content(done.output_file_id)).content.splitlines()]
+    assert [r["custom_id"] for r in rows] == ["e0", "e1", "e2"]
+    assert rows[0]["response"]["body"]["data"][0]["object"] == "embedding"
+    # one worker slot: lines run by metadata.priority (highest first), then in file order
+    fake_openai.requests.clear()
+    lines = b"".join(orjson.dumps({"custom_id": f"p{i}", "method": "POST", "url": "/v1/chat/completions",
+                                   "body": {"model": "gpt", "messages": [{"role": "user", "content": f"p{i}"}],
+                                            "metadata": {"priority": pr}}}) + b"\n"
+                     for i, pr in enumerate([0, 5, 1, 5]))
+    f = await client.files.create(file=("p.jsonl", io.BytesIO(lines)), purpose="batch")
+    b = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert (await _until_done(client, b.id)).status == "completed"
+    assert [r["messages"][0]["content"] for r in fake_openai.requests] == ["p1", "p3", "p2", "p0"]

@@ -43,7 +43,8 @@ async def caller(request: web.Request) -> Principal:
 
 
 def wants_async(request: web.Request) -> bool:
-    return request.headers.get("x-llm-async", "").strip().lower() in ("true", "1", "yes")
+    v = request.headers.get("x-llm-async")            # on every live call: one lookup when absent
+    return v is not None and v.strip().lower() in ("true", "1", "yes")
 
 
 async def submit(request: web.Request, body: dict[str, Any], endpoint: str, webhook_param: str) -> web.Response:

@@ -1,7 +1,7 @@
 """GET /v1/usage (events) and GET /v1/usage/summary (totals by model, source, key, day, budget, provider).
 
 A virtual key sees only its own events; the master key sees all and may filter by `key`. Filters:
-`request_id`, `since`/`until` (unix seconds or ISO 8601), `key`, `source`, `model`, `budget`. Events are
+`request_id`, `batch_id`, `since`/`until` (unix seconds or ISO 8601), `key`, `source`, `model`, `budget`. Events are
 newest first, paginated with `limit` and `after` (the previous page's `last_id`); `format=csv` for CSV.
 Also wires the accounting's start (after the ledger opens) and its flush (before the ledger closes).
 """
@@ -84,7 +84,7 @@ def _query(request: web.Request, own: str | None, limit: int) -> UsageQuery:
     if own is not None:
         key = own                              # a virtual key sees only its own usage
     return UsageQuery(request_id=q.get("request_id"), key_id=key, source_id=q.get("source"),
-                      model=q.get("model"), budget_id=q.get("budget"), since=time_param(request, "since"), until=time_param(request, "until"),
+                      model=q.get("model"), budget_id=q.get("budget"), batch_id=q.get("batch_id"), since=time_param(request, "since"), until=time_param(request, "until"),
                       before_id=before, limit=limit + 1)
 
 

@@ -18,7 +18,6 @@ import os
 import socket
 import time
 from random import getrandbits
-from typing import Any
 
 from proxy.config import Config
 from proxy.context import Principal
@@ -269,7 +268,3 @@ class Runner:
             self.to_settle = done + self.to_settle
             raise
 
-
-def stats(r: Runner) -> dict[str, Any]:
-    return {"jobs_running": len(r.jobs), "lines_running": len(r.lines), "lines_settling": len(r.to_settle),
-            "jobs_run": r.jobs_run, "lines_run": r.lines_run}

@@ -193,6 +193,7 @@ STEPS: list[Step] = [
             cached_tokens BIGINT NOT NULL DEFAULT 0,
             PRIMARY KEY (batch_id, custom_id))""",
         "CREATE INDEX batch_lines_todo ON batch_lines (batch_id, state, priority, line_no)",
+        "CREATE INDEX usage_events_batch ON usage_events (batch_id, id)",
     )),
 ]
 

@@ -87,6 +87,7 @@ class UsageQuery(msgspec.Struct, kw_only=True):
     source_id: str | None = None
     model: str | None = None
     budget_id: str | None = None
+    batch_id: str | None = None
     since: float | None = None
     until: float | None = None
     before_id: int | None = None             # cursor: newest first
@@ -98,7 +99,8 @@ def _where(q: UsageQuery) -> tuple[str, list[Any]]:
     args: list[Any] = []
     for col, op, value in (("request_id", "=", q.request_id), ("key_id", "=", q.key_id),
                            ("source_id", "=", q.source_id), ("model", "=", q.model),
-                           ("budget_id", "=", q.budget_id), ("ts", ">=", q.since), ("ts", "<", q.until),
+                           ("budget_id", "=", q.budget_id), ("batch_id", "=", q.batch_id), ("ts", ">=", q.since),
+                           ("ts", "<", q.until),
                            ("id", "<", q.before_id)):
         if value is not None:
             where.append(f"{col} {op} ?")
