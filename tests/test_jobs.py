@@ -13,16 +13,16 @@ from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import make_config
 from tests.cost_helpers import ADMIN, request
-from tests.keys_helpers import create_key
+from tests.keys_helpers import create_key, ledger_url  # noqa: F401 - fixture
 
 MSG = [{"role": "user", "content": "a job for later"}]
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 ASYNC = {**ADMIN, "x-llm-async": "true"}
 
 
-def _config(tmp_path, **sections: Any):
+def _config(tmp_path, database: str | None = None, **sections: Any):
     jobs = {"poll_interval": 0.02, **sections.pop("jobs", {})}
-    return make_config(storage={"database": f"sqlite:///{tmp_path}/l.db"}, jobs=jobs,
+    return make_config(storage={"database": database or f"sqlite:///{tmp_path}/l.db"}, jobs=jobs,
                        providers={"local": {"type": "mock", **sections.pop("mock", {})}}, **sections)
 
 
@@ -36,8 +36,8 @@ async def _poll(url: str, job_id: str, headers: dict[str, str] = ADMIN) -> tuple
     raise AssertionError("the job never ended")
 
 
-async def test_job_answers_202_then_the_synchronous_result(start_proxy, tmp_path):
-    url = str((await start_proxy(_config(tmp_path))).make_url(""))
+async def test_job_answers_202_then_the_synchronous_result(start_proxy, tmp_path, ledger_url):  # noqa: F811
+    url = str((await start_proxy(_config(tmp_path, ledger_url))).make_url(""))
     body = {"model": "mock", "messages": MSG, "max_tokens": 6}
     st, sync, _ = await request(url, "POST", "/v1/chat/completions", body)
     assert st == 200
@@ -130,12 +130,13 @@ class Receiver:
         return web.Response(status=204)
 
 
-async def test_webhook_signed_and_retried_with_one_id(start_proxy, aiohttp_server, tmp_path):
+async def test_webhook_signed_and_retried_with_one_id(start_proxy, aiohttp_server, tmp_path,
+                                                     ledger_url):  # noqa: F811
     rx = Receiver(fail=2)
     hook_server = await aiohttp_server(rx.app)
     hook = str(hook_server.make_url("/hook"))
-    cfg = _config(tmp_path, webhooks={"allow_hosts": ["127.0.0.1"], "secret": SECRET, "backoff_base": 0.05,
-                                      "max_attempts": 4})
+    cfg = _config(tmp_path, ledger_url, webhooks={"allow_hosts": ["127.0.0.1"], "secret": SECRET,
+                                                  "backoff_base": 0.05, "max_attempts": 4})
     url = str((await start_proxy(cfg)).make_url(""))
     st, job, _ = await request(url, "POST", "/v1/requests", {"request": {
         "model": "mock", "messages": MSG, "options": {"async": True, "webhook_url": hook}}})
