@@ -137,6 +137,7 @@ class ChatCall:
     cache: str | None = None               # "hit" | "miss" | "bypass"; None: the cache did not look
     budget_id: str | None = None           # the budget the call is under, if any
     batch_id: str | None = None            # the caller's grouping tag (seed's options.batch_id), or a batch's id
+    custom_id: str | None = None           # a batch line's custom_id (its usage event carries it)
     cost_nanos: int | None = None          # priced by accounting; None: unpriced
     saved_nanos: int = 0                   # a cache hit: what the call would have cost
     priced: Usage | None = None            # the usage cost_nanos was priced from (priced once)

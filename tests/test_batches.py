@@ -75,6 +75,7 @@ async def test_batch_with_the_openai_sdk(start_proxy, tmp_path):
     for r in rows:
         e = events[r["response"]["request_id"]]
         assert e["metadata"]["batch_id"] == batch.id and e["metadata"]["async"] is True
+        assert e["metadata"]["custom_id"] == r["custom_id"]
     listed = await client.batches.list(limit=10)
     assert [b.id for b in listed.data] == [batch.id]
     files = await client.files.list()

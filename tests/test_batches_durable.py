@@ -71,11 +71,11 @@ batches: {{progress_interval: 0.05}}
     per_custom = Counter(r["custom_id"] for r in rows)
     assert len(per_custom) == 100 and set(per_custom.values()) == {1}
     with sqlite3.connect(db) as conn:
-        events = Counter(rid for (rid,) in conn.execute("SELECT request_id FROM usage_events WHERE batch_id = ?",
-                                                        (b.id,)))
-    # every line billed exactly once: one event per output line's request id, and no other events
-    assert sorted(events) == sorted(r["response"]["request_id"] for r in rows)
-    assert set(events.values()) == {1}
+        events = conn.execute("SELECT custom_id, request_id FROM usage_events WHERE batch_id = ?", (b.id,)).fetchall()
+    # every line billed exactly once: one event per custom_id, the one its output line names
+    per_line = Counter(cid for cid, _ in events)
+    assert len(per_line) == 100 and set(per_line.values()) == {1}
+    assert dict(events) == {r["custom_id"]: r["response"]["request_id"] for r in rows}
 
 
 async def _until_completed(client: openai.AsyncOpenAI, batch_id: str, n: int) -> None:

@@ -214,7 +214,7 @@ class Runner:
         try:
             call = work.new_call(dict(line.body), ENDPOINTS.get(endpoint, "chat.completions"),
                                  await self._key(key_id), rid, "batch")
-            call.batch_id = line.batch_id
+            call.batch_id, call.custom_id = line.batch_id, line.custom_id
             self.lines_run += 1
             out = await work.run(self.gw, call)
         except ProxyError as e:

@@ -194,6 +194,7 @@ STEPS: list[Step] = [
             PRIMARY KEY (batch_id, custom_id))""",
         "CREATE INDEX batch_lines_todo ON batch_lines (batch_id, state, priority, line_no)",
         "CREATE INDEX usage_events_batch ON usage_events (batch_id, id)",
+        "ALTER TABLE usage_events ADD COLUMN custom_id TEXT",
     )),
 ]
 

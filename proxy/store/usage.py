@@ -49,6 +49,7 @@ class UsageEvent(msgspec.Struct, gc=False, array_like=True):
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     estimated: bool = False                  # tokens counted by us, not reported by the provider
+    custom_id: str | None = None             # a batch line's custom_id
     id: int | None = None
 
 
@@ -194,7 +195,7 @@ class UsageWriter:
     outage loses nothing until `max_queue` overflows (then the oldest are dropped and counted).
     """
 
-    def __init__(self, ledger: Ledger, *, interval: float = 0.2, batch: int = 500,   # 500 x 26 params < 32766
+    def __init__(self, ledger: Ledger, *, interval: float = 0.2, batch: int = 500,   # 500 x 27 params < 32766
                  max_queue: int = 100_000) -> None:
         self.ledger, self.interval, self.max_queue = ledger, interval, max_queue
         self.batch = max(1, min(batch, MAX_BATCH))
