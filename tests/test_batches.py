@@ -229,3 +229,20 @@ async def test_embeddings_batch_and_lines_ordered_by_priority(start_proxy, fake_
     b = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert (await _until_done(client, b.id)).status == "completed"
     assert [r["messages"][0]["content"] for r in fake_openai.requests] == ["p1", "p3", "p2", "p0"]
+
+
+async def test_batch_discount_applies_to_batch_lines_only(start_proxy, tmp_path):
+    from tests.cost_helpers import PER_CALL_NANOS, priced_config
+    cfg = priced_config(f"sqlite:///{tmp_path}/l.db", jobs={"poll_interval": 0.02},
+                        batches={"progress_interval": 0.05, "discount": {"mock": 0.5}})
+    server = await start_proxy(cfg)
+    url = str(server.make_url(""))
+    client = _client(server)
+    f = await client.files.create(file=("in.jsonl", io.BytesIO(_lines(2, max_tokens=16))), purpose="batch")
+    b = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert (await _until_done(client, b.id)).status == "completed"
+    await request(url, "POST", "/v1/chat/completions", {"model": "mock", "max_tokens": 16,
+                                                        "messages": [{"role": "user", "content": "live"}]})
+    _, ev, _ = await request(url, "GET", "/v1/usage")
+    costs = sorted((e["metadata"]["batch_id"] is not None, round(e["cost"] * 1e9)) for e in ev["data"])
+    assert costs == [(False, PER_CALL_NANOS), (True, PER_CALL_NANOS // 2), (True, PER_CALL_NANOS // 2)]

@@ -34,6 +34,7 @@ class Recorder:
 
     def __init__(self, acct: Accounting) -> None:
         self.acct = acct
+        self.batch_discount = acct.config.batches.discount     # model -> share off a batch line's price
 
     def priced(self, call: ChatCall, reply: Reply) -> None:
         """A whole answer carries its tokens and cost in headers (a stream's are known only at its end)."""
@@ -58,6 +59,9 @@ class Recorder:
             return 0, full or 0
         if full is None and price is not None:
             full = 0                          # priced, no tokens (e.g. an upstream error)
+        if full and call.ingress == "batch" and self.batch_discount:
+            off = self.batch_discount.get(call.public_model, self.batch_discount.get("*", 0.0))
+            full = round(full * (1.0 - off))
         return full, 0
 
     def record(self, call: ChatCall) -> Awaitable[None] | None:
