@@ -246,3 +246,17 @@ async def test_batch_discount_applies_to_batch_lines_only(start_proxy, tmp_path)
     _, ev, _ = await request(url, "GET", "/v1/usage")
     costs = sorted((e["metadata"]["batch_id"] is not None, round(e["cost"] * 1e9)) for e in ev["data"])
     assert costs == [(False, PER_CALL_NANOS), (True, PER_CALL_NANOS // 2), (True, PER_CALL_NANOS // 2)]
+
+
+async def test_file_size_is_capped_by_batches_max_file_bytes_not_the_body_limit(start_proxy, tmp_path):
+    cfg = _config(f"sqlite:///{tmp_path}/l.db", server={"max_body_bytes": 100_000},
+                  batches={"max_file_bytes": 300_000})
+    client = _client(await start_proxy(cfg))
+    line = {"custom_id": "", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "mock", "messages": [{"role": "user", "content": "y" * 1000}]}}
+    data = b"".join(orjson.dumps({**line, "custom_id": f"x{i}"}) + b"\n" for i in range(200))   # ~220 KB
+    f = await client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    assert f.bytes == len(data)
+    with pytest.raises(openai.APIStatusError) as e:
+        await client.files.create(file=("in.jsonl", io.BytesIO(data * 2)), purpose="batch")
+    assert e.value.status_code == 413
