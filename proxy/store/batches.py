@@ -123,6 +123,9 @@ async def claim_batch(ledger: Ledger, owner: str, lease: float) -> tuple[str, di
     """A batch with work for its driver (validate, finalize, cancel, progress), leased to one worker."""
     now = time.time()
     marks = ", ".join(f"'{s}'" for s in BUSY)
+    if not await ledger.fetch(f"SELECT 1 FROM batches WHERE status IN ({marks}) AND (lease_until IS NULL OR "
+                              "lease_until < ?) LIMIT 1", now):
+        return None                          # a read first: idle polls take no write lock
     rows = await ledger.fetch_write(
         f"UPDATE batches SET lease_owner = ?, lease_until = ? WHERE id IN (SELECT id FROM batches WHERE status "
         f"IN ({marks}) AND (lease_until IS NULL OR lease_until < ?) ORDER BY lease_until, created_at LIMIT 1"
@@ -159,6 +162,8 @@ async def add_lines(ledger: Ledger, rows: list[tuple[str, str, int, int, str]]) 
 
 async def claim_lines(ledger: Ledger, owner: str, n: int, lease: float) -> list[Line]:
     now = time.time()
+    if not await ledger.fetch(f"SELECT 1 FROM batches WHERE status = '{IN_PROGRESS}' AND next_at <= ? LIMIT 1", now):
+        return []
     sql = (f"UPDATE batch_lines SET state = '{LEASED}', lease_owner = ?, lease_until = ? WHERE (batch_id, custom_id) "
            f"IN (SELECT batch_id, custom_id FROM batch_lines WHERE batch_id IN (SELECT id FROM batches WHERE status "
            f"= '{IN_PROGRESS}' AND next_at <= ?) AND ((state = '{PENDING}' AND not_before <= ?) OR (state = "

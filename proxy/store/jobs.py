@@ -92,6 +92,10 @@ async def get(ledger: Ledger, job_id: str) -> Job | None:
 
 async def claim(ledger: Ledger, owner: str, n: int, lease: float) -> list[Job]:
     now = time.time()
+    # A read first: an idle gateway polls without taking the database's write lock.
+    if not await ledger.fetch(f"SELECT 1 FROM jobs WHERE status = '{QUEUED}' OR (status = '{IN_PROGRESS}' AND "
+                              "lease_until < ?) LIMIT 1", now):
+        return []
     sql = (f"UPDATE jobs SET status = '{IN_PROGRESS}', started_at = COALESCE(started_at, ?), lease_owner = ?, "
            f"lease_until = ? WHERE id IN (SELECT id FROM jobs WHERE status = '{QUEUED}' OR (status = "
            f"'{IN_PROGRESS}' AND lease_until < ?) ORDER BY created_at LIMIT ?{skip_locked(ledger)}) "
@@ -174,6 +178,9 @@ async def add_delivery(ledger: Ledger, d: Delivery) -> None:
 
 async def claim_deliveries(ledger: Ledger, n: int, lease: float) -> list[Delivery]:
     now = time.time()
+    if not await ledger.fetch("SELECT 1 FROM webhook_deliveries WHERE status = 'pending' AND next_at <= ? LIMIT 1",
+                              now):
+        return []
     sql = (f"UPDATE webhook_deliveries SET lease_until = ? WHERE id IN (SELECT id FROM webhook_deliveries WHERE "
            "status = 'pending' AND next_at <= ? AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_at "
            f"LIMIT ?{skip_locked(ledger)}) RETURNING {', '.join(D_COLS)}")
