@@ -3,6 +3,7 @@ JSONL checked line by line), list, retrieve, content, delete. Scoped to the key 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from random import getrandbits
 from typing import Any
@@ -12,7 +13,7 @@ from aiohttp import BodyPartReader, web
 
 from proxy.api.jobs import caller, runner
 from proxy.context import Principal
-from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge
+from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
 from proxy.gateway import GATEWAY
 from proxy.jobs import jsonl
 from proxy.store import batches as store
@@ -32,12 +33,8 @@ async def _read_part(part: BodyPartReader, limit: int) -> bytes:
     return bytes(buf)
 
 
-async def create_file(request: web.Request) -> web.Response:
-    run = runner(request)
-    key = await caller(request)
-    cfg = request.app[GATEWAY].config.batches
-    if not request.content_type.startswith("multipart/"):
-        raise InvalidRequest("Expected a multipart/form-data upload with 'file' and 'purpose'.", param="file")
+async def _read_upload(request: web.Request, limit: int) -> tuple[str | None, str, bytes | None]:
+    """(purpose, filename, file bytes) of a multipart upload."""
     reader = await request.multipart()
     purpose: str | None = None
     filename, data = "", None
@@ -48,7 +45,23 @@ async def create_file(request: web.Request) -> web.Response:
             purpose = (await _read_part(part, 64)).decode(errors="replace").strip()
         elif part.name == "file":
             filename = part.filename or "upload.jsonl"
-            data = await _read_part(part, cfg.max_file_bytes)
+            data = await _read_part(part, limit)
+    return purpose, filename, data
+
+
+async def create_file(request: web.Request) -> web.Response:
+    run = runner(request)
+    key = await caller(request)
+    cfg = request.app[GATEWAY].config.batches
+    if not request.content_type.startswith("multipart/"):
+        raise InvalidRequest("Expected a multipart/form-data upload with 'file' and 'purpose'.", param="file")
+    seconds = request.app[GATEWAY].config.server.body_timeout
+    try:
+        async with asyncio.timeout(seconds):            # as every other body (proxy/api/http.py)
+            purpose, filename, data = await _read_upload(request, cfg.max_file_bytes)
+    except TimeoutError:
+        raise ProxyError(f"The request body did not arrive within {seconds:g}s.", status=408,
+                         type="invalid_request_error", code="request_timeout") from None
     if data is None:
         raise InvalidRequest("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
     if purpose != "batch":

@@ -48,6 +48,10 @@ Denied = Callable[[web.Request, ProxyError], None]
 # "unspecified", like no Content-Type at all. Form, multipart and text/plain bodies (what a browser may
 # send cross-site without a preflight) are refused.
 _JSON_TYPES = frozenset({"application/json", "application/octet-stream"})
+# OpenAI's Files API takes multipart uploads larger than server.max_body_bytes: its handler streams them,
+# under its own size cap and the same body deadline (proxy/api/files.py). Keys are never cookies, so a
+# cross-site form cannot post one with credentials.
+_UPLOADS = frozenset({"/v1/files"})
 
 
 def edge(*, cors_origins: list[str] | tuple[str, ...] = (), body_timeout: float = 60.0,
@@ -80,7 +84,7 @@ def edge(*, cors_origins: list[str] | tuple[str, ...] = (), body_timeout: float 
                 elif preflight:
                     raise Forbidden(f"Cross-origin requests from {origin[:200]} are not allowed.",
                                     code="cors_origin_not_allowed")
-            if request.body_exists:
+            if request.body_exists and not (request.path in _UPLOADS and request.content_type == "multipart/form-data"):
                 await _read_body(request, body_timeout)
             resp = await handler(request)
         except ProxyError as e:

@@ -73,10 +73,12 @@ class Runner:
         """Take nothing new; wait briefly for what runs, settle what finished, give the rest back."""
         self.stopping = True
         self.wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        if self._task is not None:              # the loop ends after its current step, not inside it
+            _, late = await asyncio.wait([self._task], timeout=within)
+            for t in late:
+                t.cancel()
+                with contextlib.suppress(BaseException):
+                    await t
         running = [*self.jobs.values(), *self.lines.values()]
         if running:
             _, pending = await asyncio.wait(running, timeout=within)
@@ -84,11 +86,15 @@ class Runner:
                 t.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
-        with contextlib.suppress(Exception):
+        try:
             await self._settle()
-        with contextlib.suppress(Exception):
+        except Exception as e:                  # their leases expire: they run again, billed once
+            log.error("jobs worker: settling at shutdown failed: %s: %s", type(e).__name__, e)
+        try:
             await jstore.release(self.ledger, self.owner, list(self.jobs))
             await bstore.release_lines(self.ledger, self.owner, list(self.lines))
+        except Exception as e:
+            log.error("jobs worker: releasing leases at shutdown failed: %s: %s", type(e).__name__, e)
         for t in list(self.deliveries):
             t.cancel()
         await self.sender.close()

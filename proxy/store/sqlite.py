@@ -82,10 +82,17 @@ class SQLiteLedger(SQLLedger):
             return [tuple(r) for r in await cur.fetchall()]
 
     async def fetch_write(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        async with self._write, self.db.execute(sql, args) as cur:
-            return [tuple(r) for r in await cur.fetchall()]
+        # Executed and read in one call on the connection's thread: a caller cancelled meanwhile cannot
+        # leave a half-read `UPDATE ... RETURNING` (and its write transaction) open.
+        async with self._write:
+            return [tuple(r) for r in await self.db.execute_fetchall(sql, args)]
 
     async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        # Shielded: a caller cancelled between BEGIN and COMMIT would otherwise leave the connection inside
+        # a transaction ("cannot start a transaction within a transaction" for every write after it).
+        await asyncio.shield(self._executemany(sql, rows))
+
+    async def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         db = self.db
         async with self._write:
             await db.execute("BEGIN IMMEDIATE")
