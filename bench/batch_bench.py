@@ -43,12 +43,13 @@ async def _live(client: LeanClient, until: asyncio.Event | float) -> list[float]
     return out
 
 
-async def _run(n: int) -> dict[str, Any]:
+async def _run(n: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     async with fake_upstream() as up_port, proxy({
         "providers": {"fake": {"type": "openai", "base_url": f"http://127.0.0.1:{up_port}/v1"},
                       "dead": {"type": "openai", "base_url": "http://127.0.0.1:9/v1"}},
         "models": [{"name": "bench", "targets": [{"provider": "fake", "model": "bench"}]},
                    {"name": "dead", "targets": [{"provider": "dead", "model": "dead"}]}],
+        **(extra or {}),
     }) as px, LeanClient(px.port) as live:
         sdk = openai.AsyncOpenAI(base_url=px.url("/v1"), api_key=MASTER, max_retries=0)
         await _live(live, time.monotonic() + 0.5)                       # warm up
@@ -82,9 +83,11 @@ async def _run(n: int) -> dict[str, Any]:
     }
 
 
-def run(n: int = N) -> dict[str, Any]:
-    return dict(run_loop(_run(n)))
+def run(n: int = N, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`extra`: config sections merged into the proxy's, e.g. {"jobs": {"batch_share": 0.25}}."""
+    return dict(run_loop(_run(n, extra)))
 
 
 if __name__ == "__main__":
-    print(orjson.dumps(run(int(sys.argv[1]) if len(sys.argv) > 1 else N), option=orjson.OPT_INDENT_2).decode())
+    extra = orjson.loads(sys.argv[2]) if len(sys.argv) > 2 else None       # e.g. '{"jobs": {"batch_share": 0.25}}'
+    print(orjson.dumps(run(int(sys.argv[1]) if len(sys.argv) > 1 else N, extra), option=orjson.OPT_INDENT_2).decode())

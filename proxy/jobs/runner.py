@@ -56,7 +56,7 @@ class Runner:
         self._task: asyncio.Task[None] | None = None
         self._keys: dict[str, tuple[Principal, float]] = {}
         self._batches: dict[str, tuple[str, str]] = {}       # batch id -> (key id, endpoint)
-        self._renew_at = self._purge_at = 0.0
+        self._renew_at = self._purge_at = self._full_at = 0.0
         self.lines_run = self.jobs_run = 0                   # calls made (stats, tests)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -66,7 +66,8 @@ class Runner:
             self._task = asyncio.create_task(self._loop(), name="jobs-runner")
 
     def poke(self) -> None:
-        """New work was submitted here: look at once rather than at the next poll."""
+        """New work was submitted here: a full look at once rather than at the next poll."""
+        self._full_at = 0.0
         self.wake.set()
 
     async def stop(self, within: float = 5.0) -> None:
@@ -111,22 +112,31 @@ class Runner:
             self.wake.clear()
 
     async def _tick(self) -> None:
+        """A line's end wakes the loop to refill lines and settle them in groups; jobs, batch steps and
+        webhooks are looked at on a full tick (every poll, or at once after a submission or a job's end):
+        each look is a database round trip on the gateway's event loop, next to live calls."""
         now = time.monotonic()
-        if self.to_settle:
+        full = now >= self._full_at
+        if full:
+            self._full_at = now + self.cfg.poll_interval
+        group = max(1, self.line_cap // 2)
+        if self.to_settle and (full or len(self.to_settle) >= group or not self.lines):
             await self._settle()
         if now >= self._renew_at:
             self._renew_at = now + self.cfg.lease_seconds / 3
             await self._renew()
         free = self.cfg.concurrency - len(self.jobs) - len(self.lines)
-        if free > 0:
+        if full and free > 0:
             for job in await jstore.claim(self.ledger, self.owner, free, self.cfg.lease_seconds):
                 self._spawn_job(job)
         free = min(self.cfg.concurrency - len(self.jobs) - len(self.lines), self.line_cap - len(self.lines))
-        if free > 0:
+        if free > 0 and (full or free >= group):
             for line in await bstore.claim_lines(self.ledger, self.owner, free, self.cfg.lease_seconds):
                 key = (line.batch_id, line.custom_id)
                 self.lines[key] = asyncio.create_task(self._run_line(line))
                 self.lines[key].add_done_callback(lambda _t: self.wake.set())
+        if not full:
+            return
         for _ in range(4):                      # batch steps: validate, progress, finalize
             got = await bstore.claim_batch(self.ledger, self.owner, self.cfg.lease_seconds)
             if got is None:
@@ -134,6 +144,8 @@ class Runner:
             key_id, doc = got
             after = await self.driver.step(key_id, doc)
             await bstore.unlease_batch(self.ledger, doc["id"], self.owner, after)
+            if after == 0:                      # it moved on (e.g. validated): its lines are claimable now
+                self.poke()
         if self.sender.signer is not None and len(self.deliveries) < self.cfg.concurrency:
             for d in await self.sender.due(self.cfg.concurrency - len(self.deliveries)):
                 t = asyncio.create_task(self.sender.attempt(d))
@@ -173,7 +185,7 @@ class Runner:
 
         def done(_t: asyncio.Task[None]) -> None:
             self.jobs.pop(job.id, None)
-            self.wake.set()
+            self.poke()
         task.add_done_callback(done)
 
     async def _run_job(self, job: Job) -> None:
@@ -198,7 +210,6 @@ class Runner:
         if done is not None and done.webhook_url:
             await jstore.add_delivery(self.ledger, new_delivery(
                 done.id, done.webhook_url, "job.completed" if ok else "job.failed", done.public()))
-            self.wake.set()
 
     async def _run_line(self, line: Line) -> None:
         key = (line.batch_id, line.custom_id)
