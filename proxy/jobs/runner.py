@@ -143,7 +143,8 @@ class Runner:
                 break
             key_id, doc = got
             after = await self.driver.step(key_id, doc)
-            await bstore.unlease_batch(self.ledger, doc["id"], self.owner, after)
+            # looked at again on the first full tick after `after` (progress: within progress_interval)
+            await bstore.unlease_batch(self.ledger, doc["id"], self.owner, max(0.0, after - self.cfg.poll_interval))
             if after == 0:                      # it moved on (e.g. validated): its lines are claimable now
                 self.poke()
         if self.sender.signer is not None and len(self.deliveries) < self.cfg.concurrency:
