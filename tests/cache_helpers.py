@@ -39,7 +39,10 @@ def cache_config(fake: Any, backend: str, prefix: str, **cache: Any) -> Any:
         providers={"up": openai_provider(fake, timeouts={"first_byte": 2, "idle": 1, "total": 10})},
         models=[{"name": "gpt", "aliases": ["gpt-alias"], "targets": [{"provider": "up", "model": "gpt-4o-mini"}]},
                 {"name": "gpt-b", "targets": [{"provider": "up", "model": "gpt-4o"}]}],
-        storage=storage, cache={"prefix": prefix, **cache})
+        # A healthy Redis on a loaded test machine can take longer than the 0.25 s default once in a while,
+        # and one timeout skips Redis for the breaker's cooldown: tests of behaviour, not of timeouts,
+        # give it room (the Redis-down tests set their own).
+        storage=storage, cache={"prefix": prefix, "redis_timeout": 2.0, **cache})
 
 
 def new_prefix() -> str:
