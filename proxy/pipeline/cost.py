@@ -68,8 +68,9 @@ class Recorder:
         """Price the call and write its event. Synchronous unless tokens must be counted (off the event
         loop): most calls pay no coroutine. Returns what to await, if anything."""
         cached = call.cache == "hit"
-        if call.attempts == 0 and not cached:
+        if call.attempts == 0 and not cached and call.ingress != "batch":
             return None                       # never reached a provider: nothing spent, nothing to record
+        # (a batch line leaves its one event whatever became of it: the batch's accounts must add up)
         if _missing(call.usage) and not cached:
             return self._record_estimated(call)
         self._write(call, call.usage)
