@@ -24,6 +24,7 @@ from proxy.api import (
 )
 from proxy.api import graphql as graphql_api
 from proxy.api import metrics as metrics_api
+from proxy.api import ui as ui_api
 from proxy.api.auth_throttle import AuthThrottle
 from proxy.api.http import edge
 from proxy.audit import denial_recorder
@@ -119,6 +120,8 @@ def build_app(config: Config, gateway: Gateway | None = None) -> web.Application
         usage.setup(app)                                      # /v1/usage*, /admin/budgets; flushes before
         admin_budgets.setup(app)                              # the ledger closes (on_cleanup order)
         app.on_cleanup.append(_close_keys)
+    if config.ui.enabled:
+        ui_api.setup(app)                                       # /ui: dashboard and playground (static)
     app.on_startup.append(_start_telemetry)
     app.on_cleanup.append(_close_backends)
     app.on_cleanup.append(_close_telemetry)

@@ -1,4 +1,4 @@
-"""`llm-service serve|check-config`; also `python -m proxy`."""
+"""`llm-service serve|check-config|keys|usage`; also `python -m proxy`."""
 
 from __future__ import annotations
 
@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_check_config)
     from proxy.cli_keys import add_parser as add_keys_parser
     add_keys_parser(sub, _load_or_exit)
+    from proxy.cli_usage import add_parser as add_usage_parser
+    add_usage_parser(sub, _load_or_exit)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -257,6 +257,10 @@ class WebhooksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     timeout: float = 10.0               # seconds per delivery attempt
 
 
+class UIConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = True            # the dashboard and playground at /ui (static files; data via the REST API)
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -272,6 +276,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     jobs: JobsConfig = JobsConfig()
     batches: BatchesConfig = BatchesConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    ui: UIConfig = UIConfig()
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

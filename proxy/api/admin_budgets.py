@@ -22,11 +22,11 @@ from proxy.errors import InvalidRequest, NotFound, Unavailable
 from proxy.gateway import GATEWAY
 from proxy.store import budgets as sql
 from proxy.store.budgets import PERIODS, SCOPES, Budget
-from proxy.store.usage import GROUPS
+from proxy.store.rollups import GROUP_COLS
 
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 FIELDS = ("id", "name", "amount_usd", "period", "scope", "hard")
-assert "budget" in GROUPS
+assert "budget" in GROUP_COLS
 
 
 async def _admin(request: web.Request) -> Accounting:

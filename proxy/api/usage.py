@@ -1,4 +1,4 @@
-"""GET /v1/usage (events) and GET /v1/usage/summary (totals by model, source, key, day, budget, provider).
+"""GET /v1/usage (events) and GET /v1/usage/summary (from the hourly rollups: proxy/api/usage_summary.py).
 
 A virtual key sees only its own events; the master key sees all and may filter by `key`. Filters:
 `request_id`, `batch_id`, `since`/`until` (unix seconds or ISO 8601), `key`, `source`, `model`, `budget`. Events are
@@ -18,12 +18,13 @@ from aiohttp import web
 
 from proxy.api.guard import limit_param, time_param
 from proxy.api.parse import credential_from
+from proxy.api.usage_summary import summary_body
 from proxy.cost.accounting import Accounting
 from proxy.cost.periods import iso
 from proxy.cost.prices import usd
 from proxy.errors import InvalidRequest, Unavailable
 from proxy.gateway import GATEWAY
-from proxy.store.usage import GROUPS, UsageEvent, UsageQuery, list_usage, summarize
+from proxy.store.usage import UsageEvent, UsageQuery, list_usage
 
 log = logging.getLogger("proxy.usage")
 FLUSH_WAIT = 2.0                               # seconds a read waits for the queued events to be written
@@ -115,21 +116,7 @@ async def list_events(request: web.Request) -> web.StreamResponse:
 
 async def summary(request: web.Request) -> web.Response:
     acct, own = await _caller(request)
-    group = request.query.get("group_by", "model")
-    if group not in GROUPS:
-        raise InvalidRequest(f"Invalid 'group_by': expected one of {', '.join(GROUPS)}.", param="group_by",
-                             code="invalid_value")
-    rows = await summarize(acct.ledger, _query(request, own, 0), group)
-    data = [{"object": "usage_summary", group: r["group"], "requests": r["requests"],
-             "prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"],
-             "total_tokens": r["prompt_tokens"] + r["completion_tokens"], "cost": usd(r["cost_nanos"]),
-             "saved_cost": usd(r["saved_nanos"]), "cache_hits": r["cache_hits"], "errors": r["errors"],
-             "unpriced_requests": r["unpriced"], "estimated_requests": r["estimated"]} for r in rows]
-    total = {k: sum(d[k] for d in data) for k in ("requests", "prompt_tokens", "completion_tokens",
-                                                   "cache_hits", "errors", "unpriced_requests")}
-    total["cost"] = usd(sum(r["cost_nanos"] for r in rows))
-    total["saved_cost"] = usd(sum(r["saved_nanos"] for r in rows))
-    return web.json_response({"object": "list", "group_by": group, "data": data, "total": total},
+    return web.json_response(await summary_body(acct.ledger, request, own),
                              dumps=lambda o: orjson.dumps(o).decode())
 
 

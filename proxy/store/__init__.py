@@ -6,6 +6,7 @@ Both run the same versioned migrations (proxy/store/migrations.py) at start-up.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 import msgspec
@@ -62,6 +63,14 @@ KEY_MUTABLE = ("name", "models", "rpm", "tpm", "max_concurrency", "budget_id", "
                "metadata", "expires_at", "disabled")
 
 
+class Tx(Protocol):
+    """One open transaction (see `Ledger.atomic`)."""
+
+    async def execute(self, sql: str, *args: Any) -> None: ...
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None: ...
+
+
 class Ledger(Protocol):
     dialect: str                             # "sqlite" | "postgresql"
 
@@ -82,6 +91,7 @@ class Ledger(Protocol):
     async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
     async def fetch_write(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...   # UPDATE ... RETURNING
     async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None: ...    # one transaction
+    def atomic(self) -> AbstractAsyncContextManager[Tx]: ...   # statements that commit together or not at all
 
 
 def open_ledger(url: str) -> Ledger:

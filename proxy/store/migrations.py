@@ -39,6 +39,35 @@ class Step:
         return tuple(out)
 
 
+def _rollup_ddl(table: str, dims: tuple[str, ...], suffix: str) -> str:
+    """One hourly rollup table (migration 4; a later change is a new step, never an edit of this one)."""
+    cols = ",\n            ".join(f"{d} TEXT NOT NULL DEFAULT ''" for d in dims)
+    sums = ",\n            ".join(f"{m} BIGINT NOT NULL DEFAULT 0" for m in (
+        "requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_nanos", "saved_nanos",
+        "cache_hits", "unpriced", "estimated"))
+    buckets = ", ".join(f"lat_b{i} BIGINT NOT NULL DEFAULT 0" for i in range(10))
+    return (f"""CREATE TABLE {table} (
+            hour BIGINT NOT NULL,
+            {cols},
+            {sums},
+            latency_ms_sum DOUBLE PRECISION NOT NULL DEFAULT 0,
+            {buckets},
+            PRIMARY KEY (hour, {', '.join(dims)})){suffix}""")
+
+
+def _rollups(suffix: str) -> tuple[str, ...]:
+    # One row per UTC hour x key x source x model x provider x budget ('' for none: NULLs never conflict,
+    # so an upsert on them would add rows instead of adding to one), and two narrower copies of the same
+    # sums that the common questions read (by model/provider; by key/source/budget): a 30-day overview
+    # then sums thousands of rows, not the full table's hundred thousand. Clustered by hour on SQLite.
+    return (
+        _rollup_ddl("usage_rollups", ("key_id", "source_id", "model", "provider", "budget_id"), suffix),
+        "CREATE INDEX usage_rollups_by_key ON usage_rollups (key_id, hour)",
+        _rollup_ddl("usage_rollups_model", ("model", "provider"), suffix),
+        _rollup_ddl("usage_rollups_key", ("key_id", "source_id", "budget_id"), suffix),
+    )
+
+
 STEPS: list[Step] = [
     Step(1, "virtual keys and audit log", sql=(
         """CREATE TABLE api_keys (
@@ -196,6 +225,7 @@ STEPS: list[Step] = [
         "CREATE INDEX usage_events_batch ON usage_events (batch_id, id)",
         "ALTER TABLE usage_events ADD COLUMN custom_id TEXT",
     )),
+    Step(4, "hourly usage rollups", sqlite=_rollups(" WITHOUT ROWID"), postgresql=_rollups("")),
 ]
 
 

@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -31,6 +33,22 @@ def split_schema(url: str) -> tuple[str, str | None]:
     schema = next((v for k, v in query if k == "schema"), None)
     rest = urlencode([(k, v) for k, v in query if k != "schema"])
     return urlunsplit((u.scheme, u.netloc, u.path, rest, u.fragment)), schema
+
+
+class _Tx:
+    """Statements on one connection inside `PostgresLedger.atomic`."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self.conn.execute(to_pg(sql), *args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self.conn.fetch(to_pg(sql), *args)]
+
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        await self.conn.executemany(to_pg(sql), rows)
 
 
 class PostgresLedger(SQLLedger):
@@ -81,6 +99,11 @@ class PostgresLedger(SQLLedger):
 
     async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         await self.pool.executemany(to_pg(sql), rows)
+
+    @contextlib.asynccontextmanager
+    async def atomic(self) -> AsyncIterator[_Tx]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield _Tx(conn)
 
     async def migrate(self) -> None:
         async with self.pool.acquire() as conn, conn.transaction():

@@ -4,8 +4,10 @@ processes on one host share one file; writes are short single statements, so the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,23 @@ async def _switch_to_wal(db: aiosqlite.Connection) -> None:
     """Another process opening a fresh file at the same moment makes this answer "database is locked"
     at once (SQLite does not run the busy handler for a journal-mode change): retry, as busy_timeout would."""
     await db.execute("PRAGMA journal_mode = WAL")
+
+
+class _Tx:
+    """Statements inside `SQLiteLedger.atomic` (the write lock is already held)."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self.db.execute(sql, args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        async with self.db.execute(sql, args) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
+
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        await self.db.executemany(sql, rows)
 
 
 class SQLiteLedger(SQLLedger):
@@ -98,6 +117,18 @@ class SQLiteLedger(SQLLedger):
             await db.execute("BEGIN IMMEDIATE")
             try:
                 await db.executemany(sql, rows)
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+
+    @contextlib.asynccontextmanager
+    async def atomic(self) -> AsyncIterator[_Tx]:
+        db = self.db
+        async with self._write:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Tx(db)
                 await db.execute("COMMIT")
             except BaseException:
                 await db.execute("ROLLBACK")

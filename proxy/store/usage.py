@@ -1,4 +1,5 @@
-"""Usage events in the ledger: the row, the batched writer, and the queries behind /v1/usage.
+"""Usage events in the ledger: the row, the batched writer (events and their hourly rollups in one
+transaction), and the event list behind /v1/usage.
 
 One row per request, keyed by request id (unique: a replayed write is ignored, so flushing twice or
 retrying a batch never double-counts). Money is integer nano-dollars; `cost_nanos` NULL means unpriced.
@@ -14,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from proxy.store import Ledger
+from proxy.store import Ledger, rollups
 
 log = logging.getLogger("proxy.usage")
 
@@ -55,8 +56,6 @@ class UsageEvent(msgspec.Struct, gc=False, array_like=True):
 
 COLS = tuple(f for f in UsageEvent.__struct_fields__ if f != "id")
 _BOOLS = frozenset({"is_async", "cached", "stream", "estimated"})
-INSERT = (f"INSERT INTO usage_events ({', '.join(COLS)}) VALUES ({', '.join('?' * len(COLS))}) "
-          "ON CONFLICT (request_id) DO NOTHING")
 SELECT_COLS = ("id", *COLS)
 
 
@@ -115,28 +114,6 @@ async def list_usage(ledger: Ledger, q: UsageQuery) -> list[UsageEvent]:
     return [from_row(r) for r in await ledger.fetch(sql, *args, int(q.limit))]
 
 
-GROUPS = {"model": "model", "source": "source_id", "key": "key_id", "day": "day", "budget": "budget_id",
-          "provider": "provider"}
-
-
-async def summarize(ledger: Ledger, q: UsageQuery, group_by: str) -> list[dict[str, Any]]:
-    col = GROUPS[group_by]
-    q = msgspec.structs.replace(q, before_id=None)
-    where, args = _where(q)
-    sql = (f"SELECT {col}, COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), "
-           "COALESCE(SUM(cost_nanos), 0), COALESCE(SUM(saved_nanos), 0), "
-           "SUM(CASE WHEN cached = 1 THEN 1 ELSE 0 END), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), "
-           "SUM(CASE WHEN cost_nanos IS NULL THEN 1 ELSE 0 END), SUM(CASE WHEN estimated = 1 THEN 1 ELSE 0 END) "
-           f"FROM usage_events{where} GROUP BY {col} ORDER BY {col}")
-    out = []
-    for r in await ledger.fetch(sql, *args):
-        out.append({"group": r[0], "requests": int(r[1]), "prompt_tokens": int(r[2]),
-                    "completion_tokens": int(r[3]), "cost_nanos": int(r[4]), "saved_nanos": int(r[5]),
-                    "cache_hits": int(r[6] or 0), "errors": int(r[7] or 0), "unpriced": int(r[8] or 0),
-                    "estimated": int(r[9] or 0)})
-    return out
-
-
 async def spent_since(ledger: Ledger, budget_id: str, since: float, scope_col: str | None,
                       scope_value: str | None) -> int:
     """Summed cost of one budget's events since `since` (optionally one key/source/team): seeds counters."""
@@ -156,7 +133,10 @@ CHUNKS = (256, 64, 16, 4, 1)   # rows per multi-row INSERT: every batch is made 
 def _multi_insert(rows: int) -> str:
     one = "(" + ", ".join("?" * len(COLS)) + ")"
     return (f"INSERT INTO usage_events ({', '.join(COLS)}) VALUES {', '.join([one] * rows)} "
-            "ON CONFLICT (request_id) DO NOTHING")
+            "ON CONFLICT (request_id) DO NOTHING RETURNING request_id")
+
+
+_ROLLUP_IDX = tuple(COLS.index(c) for c in rollups.EVENT_COLS)
 
 
 def chunks(n: int) -> list[int]:
@@ -169,20 +149,30 @@ def chunks(n: int) -> list[int]:
 
 
 async def write_events(ledger: Ledger, batch: list[UsageEvent]) -> None:
-    """The batch in fixed-size multi-row statements; a replayed request id is skipped (so a retry after
-    a partial write never double-counts)."""
-    if ledger.dialect == "sqlite":
-        # Multi-row INSERTs: parameters are bound once per statement, so the ledger's worker thread takes
-        # the GIL once per chunk rather than once per row. Only the few CHUNKS sizes are ever prepared:
-        # one statement per batch size made SQLite's statement cache (128 per connection, up to 1,000 rows
-        # each) grow the writer process from 34 to 145 MB and on.
+    """One transaction: the batch in fixed-size multi-row INSERTs, then what the inserted events add to
+    the hourly rollups. A replayed request id is skipped by the INSERT, and RETURNING names only the rows
+    it did insert, so a retry after a failed write never double-counts an event or its rollup."""
+    rows = [to_row(e) for e in batch]
+    inserted: set[str] = set()
+    async with ledger.atomic() as tx:
+        # Multi-row INSERTs: parameters are bound once per statement, so (on SQLite) the ledger's worker
+        # thread takes the GIL once per chunk rather than once per row. Only the few CHUNKS sizes are ever
+        # prepared: one statement per batch size made SQLite's statement cache (128 per connection, up to
+        # 1,000 rows each) grow the writer process from 34 to 145 MB and on.
         i = 0
-        for size in chunks(len(batch)):
-            flat = [v for e in batch[i:i + size] for v in to_row(e)]
-            await ledger.execute(_multi_insert(size), *flat)
+        for size in chunks(len(rows)):
+            flat = [v for r in rows[i:i + size] for v in r]
+            inserted.update(r[0] for r in await tx.fetch(_multi_insert(size), *flat))
             i += size
-    else:
-        await ledger.executemany(INSERT, [to_row(e) for e in batch])
+        if len(inserted) == len(rows):
+            fresh = rows
+        else:
+            fresh = []
+            for r in rows:                     # a request id twice in one batch counts once
+                if r[0] in inserted:
+                    inserted.discard(r[0])
+                    fresh.append(r)
+        await rollups.add(tx, (tuple(r[i] for i in _ROLLUP_IDX) for r in fresh))
 
 
 MAX_BATCH = 1000                                # SQLite: at most 32766 bound parameters per statement

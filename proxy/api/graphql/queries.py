@@ -15,17 +15,20 @@ from proxy.api.graphql import types as t
 from proxy.api.graphql.auth import BAD_USER_INPUT, Context, GQLError
 from proxy.api.graphql.inputs import UsageFilter, usage_query
 from proxy.api.usage import FLUSH_WAIT
+from proxy.api.usage_summary import GROUPS, parse_local_time, parse_zone, summarize
 from proxy.context import Principal
 from proxy.cost.accounting import Accounting
 from proxy.cost.attribution import SCOPE_COLUMNS
 from proxy.cost.periods import iso, period_start
 from proxy.cost.prices import usd
+from proxy.errors import ProxyError
 from proxy.keyservice import key_json
 from proxy.routing.plan import may_use
 from proxy.store import KeyRecord
 from proxy.store import budgets as budget_sql
 from proxy.store.budgets import Budget
-from proxy.store.usage import GROUPS, UsageEvent, list_usage, spent_since, summarize
+from proxy.store.rollups import RollupQuery
+from proxy.store.usage import UsageEvent, list_usage, spent_since
 
 log = logging.getLogger("proxy.graphql")
 KEY_SCAN = 1000                       # keys read per page when finding a budget's keys
@@ -111,18 +114,26 @@ async def usage(ctx: Context, who: Principal, f: UsageFilter | None, first: int,
                                                   end_cursor=nodes[-1].id if nodes else None))
 
 
-async def usage_summary(ctx: Context, who: Principal, group: t.UsageGroupBy,
-                        f: UsageFilter | None) -> list[t.UsageGroup]:
+async def usage_summary(ctx: Context, who: Principal, group: t.UsageGroupBy, f: UsageFilter | None,
+                        tz: str = "UTC") -> list[t.UsageGroup]:
+    """As /v1/usage/summary: the hourly rollups, days and hours labelled in `tz`."""
     assert group.value in GROUPS
+    f = f or UsageFilter()
+    try:
+        zone = parse_zone(tz)
+        since, until = parse_local_time(f.since, "since", zone), parse_local_time(f.until, "until", zone)
+    except ProxyError as e:
+        raise GQLError(e.message, BAD_USER_INPUT, param=e.param if e.param == "tz" else f"filter.{e.param}") from None
+    q = RollupQuery(since=since, until=until, key_id=f.key_id if who.is_master else who.id,
+                    source_id=f.source_id, model=f.model, budget_id=f.budget_id)
     acct = await _flushed(ctx)
-    rows = await summarize(acct.ledger, usage_query(f, None if who.is_master else who.id, before=None, limit=0),
-                           group.value)
-    return [t.UsageGroup(key="" if r["group"] is None else str(r["group"]), requests=r["requests"],
-                         errors=r["errors"], cache_hits=r["cache_hits"], prompt_tokens=r["prompt_tokens"],
-                         completion_tokens=r["completion_tokens"],
-                         total_tokens=r["prompt_tokens"] + r["completion_tokens"], cost_usd=usd(r["cost_nanos"]),
-                         saved_cost_usd=usd(r["saved_nanos"]) or 0.0, unpriced_requests=r["unpriced"],
-                         estimated_requests=r["estimated"]) for r in rows]
+    rows = await summarize(acct.ledger, q, group.value, zone, histogram=False,
+                           events_of=None if f.request_id is None else ("request_id", f.request_id))
+    return [t.UsageGroup(key="" if g is None else str(g), requests=r.requests, errors=r.errors,
+                         cache_hits=r.cache_hits, prompt_tokens=r.prompt_tokens,
+                         completion_tokens=r.completion_tokens, total_tokens=r.prompt_tokens + r.completion_tokens,
+                         cost_usd=usd(r.cost_nanos), saved_cost_usd=usd(r.saved_nanos) or 0.0,
+                         unpriced_requests=r.unpriced, estimated_requests=r.estimated) for g, r in rows]
 
 
 def _pool(scope: str, who: Principal) -> str | None:

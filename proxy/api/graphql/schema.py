@@ -41,10 +41,12 @@ class Query:
                     after: str | None = None) -> t.UsageConnection:
         return await queries.usage(info.context, await info.context.principal(), filter, first, after)
 
-    @strawberry.field(description="Usage totals grouped by model, source, key, day, budget or provider.")
-    async def usage_summary(self, info: Info, group_by: t.UsageGroupBy,
-                            filter: UsageFilter | None = None) -> list[t.UsageGroup]:
-        return await queries.usage_summary(info.context, await info.context.principal(), group_by, filter)
+    @strawberry.field(description="Usage totals grouped by model, source, key, budget, provider, hour or day, "
+                                  "from the hourly rollups; `tz` (an IANA zone) cuts days and reads times "
+                                  "without an offset.")
+    async def usage_summary(self, info: Info, group_by: t.UsageGroupBy, filter: UsageFilter | None = None,
+                            tz: str = "UTC") -> list[t.UsageGroup]:
+        return await queries.usage_summary(info.context, await info.context.principal(), group_by, filter, tz)
 
     @strawberry.field(description="The key's budget, or every budget for the master key.")
     async def budgets(self, info: Info) -> list[t.Budget]:

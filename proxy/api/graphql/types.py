@@ -173,14 +173,15 @@ class UsageGroupBy(Enum):
     SOURCE = "source"
     KEY = "key"
     DAY = "day"
+    HOUR = "hour"
     BUDGET = "budget"
     PROVIDER = "provider"
 
 
 @strawberry.type
 class UsageGroup:
-    key: str = strawberry.field(description="The group's value (model, source id, key id, day, ...); "
-                                "empty when the events have none.")
+    key: str = strawberry.field(description="The group's value (model, source id, key id, local day or "
+                                "hour, ...); empty when the events have none.")
     requests: int
     errors: int
     cache_hits: int
