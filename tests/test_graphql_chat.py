@@ -44,7 +44,7 @@ def _config(fake=None, **sections):
 
 async def _events(url: str, request_id: str) -> list[dict]:
     _, doc = await gql(url, "query($f: UsageFilter) { usage(filter: $f) { nodes { requestId status stream "
-                            "model usage { completionTokens } } } }", {"f": {"requestId": request_id}})
+                            "model ingress usage { completionTokens } } } }", {"f": {"requestId": request_id}})
     return doc["data"]["usage"]["nodes"]
 
 
@@ -89,6 +89,7 @@ async def test_rest_mutation_and_subscription_agree(start_proxy, fake_openai, ac
     for rid, stream in ((rest_rid, False), (m["requestId"], False), (sub_rid, True)):
         ev = await _events(url, rid)
         assert len(ev) == 1 and ev[0]["status"] == 200 and ev[0]["stream"] is stream, (rid, ev)
+        assert ev[0]["ingress"] == ("rest" if rid == rest_rid else "graphql")
     ingress = {rec["request_id"]: rec["ingress"] for rec in access_lines()}
     assert ingress[rest_rid] == "rest"
     assert ingress[m["requestId"]] == ingress[sub_rid] == "graphql"

@@ -38,7 +38,7 @@ def event_json(e: UsageEvent) -> dict[str, Any]:
         "tokens": {"prompt": e.prompt_tokens, "completion": e.completion_tokens, "cached": e.cached_tokens},
         "model": e.model, "cost": usd(e.cost_nanos),
         "metadata": {"async": e.is_async, "cached": e.cached, "batch_id": e.batch_id, "budget_id": e.budget_id,
-                     "custom_id": e.custom_id},
+                     "custom_id": e.custom_id, "ingress": e.ingress},
         "key_id": e.key_id, "team": e.team, "provider": e.provider, "upstream_model": e.upstream_model,
         "status": e.status, "error": e.error, "stream": e.stream, "latency_ms": e.latency_ms,
         "time_to_first_token_ms": e.ttft_ms, "estimated": e.estimated, "saved_cost": usd(e.saved_nanos),
@@ -49,7 +49,7 @@ def event_json(e: UsageEvent) -> dict[str, Any]:
 CSV_COLS = ("id", "request_id", "timestamp", "source_type", "source_id", "request_type", "model", "provider",
             "upstream_model", "key_id", "budget_id", "prompt_tokens", "completion_tokens", "cached_tokens",
             "cost_usd", "saved_usd", "cached", "is_async", "batch_id", "stream", "status", "error", "latency_ms",
-            "ttft_ms", "estimated", "custom_id")
+            "ttft_ms", "estimated", "custom_id", "ingress")
 
 
 def _csv_row(e: UsageEvent) -> list[Any]:

@@ -120,7 +120,7 @@ class Recorder:
             call.ingress in ("batch", "job") or (isinstance(opts, dict) and bool(opts.get("async"))),
             call.cache == "hit", batch_id_of(call), call.stream, status or 500, error,
             round((time.monotonic() - started) * 1000, 3),
-            round((first - started) * 1000, 3) if first else None, u.estimated, call.custom_id)
+            round((first - started) * 1000, 3) if first else None, u.estimated, call.custom_id, call.ingress)
 
 
 _NO_USAGE = Usage()

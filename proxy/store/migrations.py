@@ -226,6 +226,9 @@ STEPS: list[Step] = [
         "ALTER TABLE usage_events ADD COLUMN custom_id TEXT",
     )),
     Step(4, "hourly usage rollups", sqlite=_rollups(" WITHOUT ROWID"), postgresql=_rollups("")),
+    Step(5, "the ingress of each usage event", sql=(
+        "ALTER TABLE usage_events ADD COLUMN ingress TEXT",
+    )),
 ]
 
 

@@ -51,6 +51,7 @@ class UsageEvent(msgspec.Struct, gc=False, array_like=True):
     ttft_ms: float | None = None
     estimated: bool = False                  # tokens counted by us, not reported by the provider
     custom_id: str | None = None             # a batch line's custom_id
+    ingress: str | None = None               # the way in: rest, graphql, job, batch, websocket, ...
     id: int | None = None
 
 

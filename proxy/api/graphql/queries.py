@@ -94,7 +94,8 @@ def _event(e: UsageEvent) -> t.UsageEvent:
                       total_tokens=e.prompt_tokens + e.completion_tokens, cached_tokens=e.cached_tokens),
         cost_usd=usd(e.cost_nanos) if e.cost_nanos is not None else None, saved_cost_usd=usd(e.saved_nanos) or 0.0,
         cached=e.cached, is_async=e.is_async, stream=e.stream, status=e.status, error=e.error,
-        latency_ms=e.latency_ms, time_to_first_token_ms=e.ttft_ms, estimated=e.estimated)
+        latency_ms=e.latency_ms, time_to_first_token_ms=e.ttft_ms, estimated=e.estimated, ingress=e.ingress,
+        custom_id=e.custom_id)
 
 
 async def usage(ctx: Context, who: Principal, f: UsageFilter | None, first: int,

@@ -139,6 +139,8 @@ class UsageEvent:
     latency_ms: float
     time_to_first_token_ms: float | None
     estimated: bool
+    ingress: str | None
+    custom_id: str | None
 
 
 @strawberry.type
