@@ -1,4 +1,5 @@
-"""A/B of two checkouts of the gateway in one run: `python -m bench.ab BASE_DIR [ROUNDS]`.
+"""A/B of two checkouts of the gateway in one run: `python -m bench.ab BASE_DIR [ROUNDS]`
+(`BENCH_AB_THIS=DIR` compares another checkout than this one against BASE_DIR).
 
 Both proxies (this tree and BASE_DIR, e.g. a `git worktree` of an earlier commit) serve the same fake
 upstream with the same config; the JSON and SSE scenarios at concurrency 32 alternate between them
@@ -19,10 +20,23 @@ from pathlib import Path
 import orjson
 
 from bench.load import run_load
-from bench.run import MASTER, free_port, proxy_config, wait_port
+from bench.run import MASTER, free_port, wait_port
 
 HERE = Path(__file__).parent
 SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
+
+
+def config(upstream_port: int, port: int, extra: str = "") -> str:
+    """The one model both builds serve: the config every version of the gateway accepts."""
+    return f"""
+server: {{host: 127.0.0.1, port: {port}, master_key: "{MASTER}", log_level: warning}}
+providers:
+  up: {{type: openai, base_url: "http://127.0.0.1:{upstream_port}/v1", api_key: "sk-upstream"}}
+models:
+  - name: bench
+    targets: [{{provider: up, model: bench}}]
+routing: {{retries: 0}}
+{extra}"""
 
 
 def spawn_in(cwd: Path, args: list[str]) -> subprocess.Popen:
@@ -54,8 +68,8 @@ async def rounds(urls: dict[str, str], n: int) -> dict[str, dict]:
 def main() -> None:
     base = Path(sys.argv[1]).resolve()
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 6
-    this = HERE.parent.resolve()
-    up, relay, long_port, anth = free_port(), free_port(), free_port(), free_port()
+    this = Path(os.environ.get("BENCH_AB_THIS", HERE.parent)).resolve()     # default: this checkout
+    up, relay = free_port(), free_port()
     procs = [spawn_in(this, ["-m", "bench.fake_upstream", str(up)])]
     wait_port(up)
     upstream_url = f"http://127.0.0.1:{up}/v1/chat/completions"
@@ -65,7 +79,7 @@ def main() -> None:
     for side, tree in (("base", base), ("this", this)):
         port = free_port()
         f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-        f.write(proxy_config(up, port, long_port, anth, os.environ.get("BENCH_PROXY_EXTRA", "")))
+        f.write(config(up, port, os.environ.get("BENCH_PROXY_EXTRA", "")))
         f.close()
         files.append(f.name)
         procs.append(spawn_in(tree, ["-m", "proxy", "serve", "--config", f.name]))
