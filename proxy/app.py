@@ -18,6 +18,7 @@ from proxy.api import (
     files,
     health,
     jobs,
+    messages,
     models,
     quota,
     usage,
@@ -98,6 +99,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> web.Application
     app.router.add_post("/v1/embeddings", chat.embeddings)
     app.router.add_post("/embeddings", chat.embeddings)
     app.router.add_post("/v1/requests", envelope.requests)              # the seed's request envelope
+    messages.setup(app)                                       # /v1/messages, /v1/messages/count_tokens
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{id:.+}", models.get_model)
     app.router.add_get("/health", health.health)

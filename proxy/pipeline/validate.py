@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from proxy.api.parse import validate_chat, validate_embeddings
 from proxy.context import ChatCall
+from proxy.ingress.messages_request import validate_messages
 
 
 class ValidateStage:
@@ -17,3 +18,5 @@ class ValidateStage:
             validate_chat(call, self.max_output_tokens)
         elif call.endpoint == "embeddings":
             validate_embeddings(call)
+        elif call.endpoint == "messages":
+            validate_messages(call)

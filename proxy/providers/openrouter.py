@@ -69,7 +69,7 @@ class OpenRouterProvider(OpenAIProvider):
         await self.params.ensure(target.model, transport)
 
     def to_wire(self, call: ChatCall, target: Target) -> WireRequest:
-        supported = self.params.lookup(target.model) if call.endpoint == "chat.completions" else None
+        supported = self.params.lookup(target.model) if call.endpoint != "embeddings" else None
         drop = unsupported(call.body, supported) if supported is not None else []
         if not drop:
             return super().to_wire(call, target)

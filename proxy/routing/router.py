@@ -247,7 +247,7 @@ class Router:
                     if resp.status >= 400:
                         raise backend.provider.error_from_wire(resp.status, body, resp.headers)
                     out, call.usage = backend.provider.from_wire(resp.status, body, call, target)
-                    return Reply(body=out, headers=headers)
+                    return Reply(body=out, headers=headers, native=wire.native)
                 phase = "sent no first chunk"
                 timer.reschedule(loop.time() + max(0.0, min(first_byte_limit, deadline - loop.time())))
                 translator = RedactingStream(backend.provider.new_stream(call, target), self.redactor)
@@ -271,4 +271,4 @@ class Router:
                 resp.release()
             raise
         return Reply(chunks=relay(call, resp, chunks, first, translator, t.idle, deadline),
-                     headers=headers, content_type="text/event-stream")
+                     headers=headers, content_type="text/event-stream", native=wire.native)

@@ -49,6 +49,8 @@ class FakeAnthropic:
         self.usage = {"input_tokens": 21, "output_tokens": 6, "cache_read_input_tokens": 0,
                       "cache_creation_input_tokens": 0}
         self.requests: list[dict[str, Any]] = []
+        self.raw: list[bytes] = []          # each request body's bytes, as they arrived
+        self.streamed = b""                 # the bytes of the last stream, as they were sent
         self.headers: list[dict[str, str]] = []
         self.app = web.Application()
         self.app.router.add_post("/v1/messages", self.messages)
@@ -69,7 +71,8 @@ class FakeAnthropic:
                                   "last_id": model["id"]})
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        self.raw.append(await request.read())
+        body = orjson.loads(self.raw[-1])
         self.requests.append(body)
         self.headers.append(dict(request.headers))
         denied = self._auth(request)
@@ -120,6 +123,13 @@ class FakeAnthropic:
                       stop: str) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        self.streamed = b""
+        send = resp.write
+
+        async def write(data: bytes) -> None:
+            self.streamed += data
+            await send(data)
+        resp.write = write  # type: ignore[method-assign]
         start_usage = {**self.usage, "output_tokens": 1}
         await resp.write(sse("message_start", {"type": "message_start", "message": {
             "id": "msg_fake01", "type": "message", "role": "assistant", "model": body["model"], "content": [],

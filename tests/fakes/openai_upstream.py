@@ -14,7 +14,8 @@ from aiohttp import web
 class FakeOpenAI:
     """`mode` picks the behaviour of the next requests:
     ok | error500 | error400 | error401 | error403 | error429 | reset | reset_midstream | slow_first_byte |
-    no_done | garbage; by_prompt: each request's last message content names its mode."""
+    no_done | garbage | tools (calls the request's first tool with `tool_args`); by_prompt: each request's
+    last message content names its mode."""
 
     def __init__(self) -> None:
         self.mode = "ok"
@@ -22,6 +23,7 @@ class FakeOpenAI:
         self.headers: list[dict[str, str]] = []
         self.reply = "Hello from the fake upstream"
         self.delay = 0.0
+        self.tool_args = '{"city": "Paris"}'
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/embeddings", self.embeddings)
@@ -83,6 +85,8 @@ class FakeOpenAI:
         words = self.reply.split(" ")
         usage = {"prompt_tokens": 11, "completion_tokens": len(words), "total_tokens": 11 + len(words)}
         created = int(time.time())
+        if mode == "tools":
+            return await self._tool_call(request, body, usage, created)
         if not body.get("stream"):
             return web.json_response({
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": created, "model": body["model"],
@@ -121,4 +125,30 @@ class FakeOpenAI:
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
+        return resp
+
+    async def _tool_call(self, request: web.Request, body: dict, usage: dict, created: int) -> web.StreamResponse:
+        name = body["tools"][0]["function"]["name"]
+        call = {"id": "call_fake1", "type": "function", "function": {"name": name, "arguments": self.tool_args}}
+        if not body.get("stream"):
+            return web.json_response({
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": created, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                             "logprobs": None, "finish_reason": "tool_calls"}], "usage": usage})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        head = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": body["model"]}
+        args = self.tool_args
+        deltas = [{"role": "assistant", "content": None,
+                   "tool_calls": [{"index": 0, **call, "function": {"name": name, "arguments": ""}}]},
+                  {"tool_calls": [{"index": 0, "function": {"arguments": args[:6]}}]},
+                  {"tool_calls": [{"index": 0, "function": {"arguments": args[6:]}}]}]
+        for d in deltas:
+            await resp.write(b"data: " + orjson.dumps({**head, "choices": [{"index": 0, "delta": d,
+                                                                            "finish_reason": None}]}) + b"\n\n")
+        await resp.write(b"data: " + orjson.dumps({**head, "choices": [{"index": 0, "delta": {},
+                                                                        "finish_reason": "tool_calls"}]}) + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await resp.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
         return resp
