@@ -28,6 +28,9 @@ class FakeOpenAI:
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/embeddings", self.embeddings)
         self.app.router.add_get("/v1/models", self.models)
+        self.app.router.add_post("/v1/responses", self.responses)
+        self.raw: list[bytes] = []          # /v1/responses bodies as they arrived
+        self.streamed = b""                 # the last /v1/responses stream as it was sent
         self.cancelled = 0
         self.spaced = False            # stream events as `json.dumps` spaces them ("content": "tok"), as some servers do
 
@@ -152,3 +155,41 @@ class FakeOpenAI:
             await resp.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         return resp
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """The Responses API (for pass-through): an answer of `reply`, JSON or its SSE events."""
+        self.raw.append(await request.read())
+        body = orjson.loads(self.raw[-1])
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        if self.mode == "error400":
+            return web.json_response({"error": {"message": "Previous response with id 'x' not found.",
+                                                "type": "invalid_request_error", "param": "previous_response_id",
+                                                "code": "previous_response_not_found"}}, status=400)
+        usage = {"input_tokens": 13, "input_tokens_details": {"cached_tokens": 2}, "output_tokens": 5,
+                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 18}
+        item = {"id": "msg_up1", "type": "message", "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": self.reply, "annotations": []}]}
+        resp = {"id": "resp_upstream1", "object": "response", "created_at": int(time.time()), "status": "completed",
+                "model": body["model"], "output": [item], "parallel_tool_calls": True, "tool_choice": "auto",
+                "tools": [], "usage": usage, "previous_response_id": body.get("previous_response_id")}
+        if not body.get("stream"):
+            return web.json_response(resp)
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        self.streamed = b""
+        events = [("response.created", {"response": {**resp, "status": "in_progress", "output": [], "usage": None}}),
+                  ("response.output_item.added", {"output_index": 0, "item": {**item, "content": []}}),
+                  *[("response.output_text.delta", {"item_id": "msg_up1", "output_index": 0, "content_index": 0,
+                                                    "delta": w, "logprobs": []}) for w in self.reply.split(" ")],
+                  ("response.completed", {"response": resp})]
+        for seq, (kind, fields) in enumerate(events):
+            if self.mode == "reset_midstream" and kind == "response.completed":
+                assert request.transport is not None
+                request.transport.abort()
+                return out
+            data = b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(
+                {"type": kind, "sequence_number": seq, **fields}) + b"\n\n"
+            self.streamed += data
+            await out.write(data)
+        return out
