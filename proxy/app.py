@@ -14,6 +14,7 @@ from proxy.api import (
     admin_providers,
     batches,
     chat,
+    completions,
     envelope,
     files,
     health,
@@ -103,6 +104,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> web.Application
     app.router.add_post("/embeddings", chat.embeddings)
     app.router.add_post("/v1/requests", envelope.requests)              # the seed's request envelope
     messages.setup(app)                                       # /v1/messages, /v1/messages/count_tokens
+    app.router.add_post("/v1/completions", completions.completions)
     responses.setup(app)                                      # /v1/responses (+ WebSocket mode), /{id}
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{id:.+}", models.get_model)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 from proxy.api.parse import validate_chat, validate_embeddings
 from proxy.context import ChatCall
 from proxy.errors import InvalidRequest
+from proxy.ingress.completions_request import validate_completions
 from proxy.ingress.messages_request import validate_messages
 from proxy.ingress.responses_request import check_responses, validate_responses
 from proxy.ingress.responses_store import ResponsesStore
@@ -38,6 +39,8 @@ class ValidateStage:
                 validate_responses(call, [])
             else:
                 return self._continue(call)
+        elif call.endpoint == "completions":
+            validate_completions(call)
         return None
 
     async def _continue(self, call: ChatCall) -> None:

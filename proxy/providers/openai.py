@@ -61,11 +61,13 @@ class OpenAISettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     models_path: str = "/models"
     responses: bool = False        # the upstream serves the Responses API: /v1/responses passes through
     responses_path: str = "/responses"
+    completions_path: str = "/completions"   # legacy text completions
 
 
 class OpenAIProvider:
     Settings = OpenAISettings
     transport = "http"
+    legacy_completions = True      # serves POST /v1/completions (the router skips providers that do not)
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
@@ -83,7 +85,9 @@ class OpenAIProvider:
         body = upstream_body(call, target.model)
         if call.stream and self.settings.stream_usage and not wants_usage(body):
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        path = self.settings.embeddings_path if call.endpoint == "embeddings" else self.settings.chat_path
+        s = self.settings
+        path = (s.embeddings_path if call.endpoint == "embeddings" else
+                s.completions_path if call.endpoint == "completions" else s.chat_path)
         return WireRequest(url=self.base + path, headers=self.headers, body=orjson.dumps(body))
 
     def from_wire(self, status: int, body: bytes, call: ChatCall, target: Target) -> tuple[bytes, Usage]:

@@ -185,6 +185,10 @@ class Router:
             prepare = getattr(backend.provider, "prepare", None)
             if prepare is not None:
                 await prepare(target, backend.transport)   # e.g. fetch a model's supported params (cached)
+            if call.endpoint == "completions" and not getattr(backend.provider, "legacy_completions", False):
+                raise UpstreamError(f"Provider '{target.provider}' has no legacy completions endpoint; use "
+                                    "/v1/chat/completions.", status=400, type="invalid_request_error",
+                                    code="unsupported_endpoint", param="model")   # the next target may have one
             wire = backend.provider.to_wire(call, target)
             if not self.attempt_scopes:
                 reply = await self._send(call, target, backend, wire)

@@ -29,6 +29,7 @@ class FakeOpenAI:
         self.app.router.add_post("/v1/embeddings", self.embeddings)
         self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_post("/v1/responses", self.responses)
+        self.app.router.add_post("/v1/completions", self.completions)
         self.raw: list[bytes] = []          # /v1/responses bodies as they arrived
         self.streamed = b""                 # the last /v1/responses stream as it was sent
         self.cancelled = 0
@@ -193,3 +194,34 @@ class FakeOpenAI:
             self.streamed += data
             await out.write(data)
         return out
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        """Legacy text completions: `reply`, whole or streamed word by word (honours delay, reset_midstream)."""
+        body = await request.json()
+        self.requests.append(body)
+        words = self.reply.split(" ")
+        usage = {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}
+        head = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": body["model"]}
+        if not body.get("stream"):
+            return web.json_response({**head, "choices": [{"index": 0, "text": self.reply, "logprobs": None,
+                                                           "finish_reason": "stop"}], "usage": usage})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            for i, w in enumerate(words):
+                if self.mode == "reset_midstream" and i == len(words) // 2:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return resp
+                choice = {"index": 0, "text": ("" if i == 0 else " ") + w, "logprobs": None,
+                          "finish_reason": "stop" if i == len(words) - 1 else None}
+                await resp.write(b"data: " + orjson.dumps({**head, "choices": [choice]}) + b"\n\n")
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+            if (body.get("stream_options") or {}).get("include_usage"):
+                await resp.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return resp
