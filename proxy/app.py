@@ -21,6 +21,7 @@ from proxy.api import (
     jobs,
     messages,
     models,
+    openapi,
     quota,
     responses,
     usage,
@@ -111,6 +112,7 @@ def build_app(config: Config, gateway: Gateway | None = None) -> web.Application
     app.router.add_get("/health", health.health)
     app.router.add_get("/ready", health.ready)
     app.router.add_get("/metrics", metrics_api.metrics)
+    openapi.setup(app)                                        # GET /openapi.json (proxy/data/openapi.json)
     quota.setup(app)                                          # GET /v1/quota; opens/closes the limiter
     admin_cache.setup(app)
     admin_providers.setup(app)
