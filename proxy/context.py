@@ -119,6 +119,7 @@ class ChatCall:
     stream: bool
     credential: str | None = None          # the key the client presented (never logged, never forwarded)
     raw_body: bytes | None = None          # the client's body bytes, for a target that speaks its protocol
+    pinned_provider: str | None = None     # only this provider can serve the call (it holds its conversation)
     endpoint: str = "chat.completions"     # or "embeddings", "responses", "messages", ...
     ingress: str = "rest"
     request_id: str = field(default_factory=lambda: f"req_{getrandbits(96):024x}")

@@ -17,7 +17,7 @@ TIMEOUTS = {"first_byte": 2, "idle": 2, "total": 10}
 
 def ingress_config(fake_openai, fake_anthropic, tmp_path, **sections: Any):
     """`gpt` -> the fake OpenAI, chat completions only; `gpt-r` -> the same fake, as a provider whose upstream
-    serves /v1/responses; `claude` -> the fake Anthropic; `mock` -> the mock (slow streams with
+    serves /v1/responses; `mixed` -> chat-only first, then the Responses one; `claude` -> the fake Anthropic; `mock` -> the mock (slow streams with
     `mock_delay_ms`)."""
     delay = sections.pop("mock_delay_ms", 0)
     return make_config(
@@ -28,6 +28,8 @@ def ingress_config(fake_openai, fake_anthropic, tmp_path, **sections: Any):
                    "local": {"type": "mock", "token_delay_ms": delay, "reply_tokens": 16}},
         models=[{"name": "gpt", "targets": [{"provider": "up", "model": "gpt-4o-mini"}]},
                 {"name": "gpt-r", "targets": [{"provider": "resp", "model": "gpt-4o-mini"}]},
+                {"name": "mixed", "targets": [{"provider": "up", "model": "gpt-4o-mini"},
+                                              {"provider": "resp", "model": "gpt-4o-mini"}]},
                 {"name": "claude", "targets": [{"provider": "ant", "model": "claude-haiku-4-5"}]},
                 {"name": "mock", "targets": [{"provider": "local", "model": "mock"}]}],
         storage={"database": f"sqlite:///{tmp_path}/l.db"}, **sections)

@@ -192,3 +192,18 @@ async def test_a_client_that_hangs_up_leaves_one_event_and_frees_its_slot(start_
             break
     assert msg is not None and msg.usage.output_tokens == 2
     assert orjson.loads(orjson.dumps(msg.model_dump()))["type"] == "message"
+
+
+async def test_a_converted_answer_is_cached_and_a_hit_is_rendered(proxy):
+    client = _client(proxy)
+    kw = {"model": "mock", "max_tokens": 8, "messages": USER, "extra_body": {"cache": True}}
+    first = await client.messages.with_raw_response.create(**kw)
+    hit = await client.messages.with_raw_response.create(**kw)
+    assert first.headers["x-llm-cache"] == "MISS" and hit.headers["x-llm-cache"] == "HIT"
+    text = (await first.parse()).content[0].text
+    assert (await hit.parse()).content[0].text == text
+    async with client.messages.stream(**kw) as stream:         # the JSON entry replayed as a stream
+        final = await stream.get_final_message()
+    assert final.content[0].text == text and final.usage.output_tokens == 8
+    evs = await usage_events(proxy, 3)
+    assert sorted(e["metadata"]["cached"] for e in evs) == [False, True, True]

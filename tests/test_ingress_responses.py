@@ -144,8 +144,13 @@ async def test_passthrough_to_an_upstream_that_serves_responses(proxy, fake_open
             got = await r.read()
     assert got == fake_openai.streamed
     client = _client(proxy)
-    res = await client.responses.create(model="gpt-r", input="again", previous_response_id="resp_upstream1")
+    # a continuation is pinned to the provider holding the response, even where another target comes first
+    res = await client.responses.create(model="mixed", input="again", previous_response_id="resp_upstream1")
     assert fake_openai.requests[-1]["previous_response_id"] == "resp_upstream1" and res.output_text
+    assert "messages" not in fake_openai.requests[-1]
+    with pytest.raises(openai.BadRequestError) as e:          # no target of `gpt` holds it
+        await client.responses.create(model="gpt", input="again", previous_response_id="resp_upstream1")
+    assert e.value.code == "previous_response_not_found"
     evs = await usage_events(proxy, 3)
     assert {e["request_type"] for e in evs} == {"responses"}
     assert all(e["tokens"]["prompt"] == 13 and e["tokens"]["completion"] == 5 and e["tokens"]["cached"] == 2
@@ -197,3 +202,13 @@ async def test_a_client_that_hangs_up_leaves_one_event_and_frees_its_slot(start_
     assert ev["request_type"] == "responses" and ev["status"] == 499
     res = await _client(proxy).responses.create(model="mock", input="x", max_output_tokens=2)
     assert res.status == "incomplete" and res.usage.output_tokens == 2
+
+
+async def test_a_converted_answer_is_cached_and_each_hit_is_a_new_stored_response(proxy):
+    client = _client(proxy)
+    first = await client.responses.with_raw_response.create(model="mock", input="x", extra_body={"cache": True})
+    hit = await client.responses.with_raw_response.create(model="mock", input="x", extra_body={"cache": True})
+    assert first.headers["x-llm-cache"] == "MISS" and hit.headers["x-llm-cache"] == "HIT"
+    a, b = first.parse(), hit.parse()
+    assert a.output_text == b.output_text and a.id != b.id
+    assert (await client.responses.retrieve(b.id)).output_text == a.output_text

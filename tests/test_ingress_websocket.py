@@ -115,3 +115,23 @@ async def test_a_client_that_leaves_mid_answer_cancels_the_upstream_and_ends_onc
     fake_openai.delay = 0
     res = await _client(proxy).responses.create(model="gpt", input="x")      # the slot is free again
     assert res.status == "completed"
+
+
+async def test_the_drain_deadline_ends_a_turn_with_an_error_event(proxy):
+    from proxy.cli import drain_calls
+    from proxy.gateway import GATEWAY
+    gw = proxy.app[GATEWAY]
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(proxy.make_url("/v1/responses"), headers={"Authorization": f"Bearer {MASTER}"})
+        await ws.send_str(orjson.dumps({"type": "response.create", "model": "mock", "input": "x"}).decode())
+        while "output_text.delta" not in (await ws.receive()).data:
+            pass
+        gw.accepting = False
+        await drain_calls(gw, 0.0)
+        last = None
+        while last is None or last.get("type") != "error":
+            last = orjson.loads((await ws.receive(timeout=3)).data)
+        assert last["error"]["code"] == "gateway_shutting_down" and last["status"] == 503
+        await ws.close()
+    [ev] = await usage_events(proxy)
+    assert ev["request_type"] == "responses" and ev["status"] == 503

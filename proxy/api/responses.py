@@ -21,8 +21,8 @@ from aiohttp import WSMsgType, web
 from proxy.api.http import REQUEST_ID, new_request_id
 from proxy.api.parse import chat_call, credential_from, decode_json
 from proxy.api.respond import failed, serve_call
-from proxy.context import CLIENT_CLOSED, ChatCall, Principal
-from proxy.errors import InvalidRequest, NotFound, ProxyError
+from proxy.context import CLIENT_CLOSED, DRAIN, ChatCall, Principal
+from proxy.errors import InvalidRequest, NotFound, ProxyError, ShuttingDown
 from proxy.gateway import GATEWAY, Gateway
 from proxy.ingress.responses_codec import ResponsesCodec
 from proxy.pipeline.validate import tenant
@@ -166,8 +166,16 @@ async def _turn(gw: Gateway, ws: web.WebSocketResponse, headers: Any, key: Princ
         with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.send_json(_error_event(e))
     except asyncio.CancelledError:
-        call.status = CLIENT_CLOSED
-        raise
+        if call.ended_by != DRAIN:
+            call.status = CLIENT_CLOSED
+            raise
+        task = asyncio.current_task()            # the drain deadline: tell the client, then end
+        if task is not None:
+            task.uncancel()
+        down = ShuttingDown("The server is shutting down; the response was ended by the drain deadline.")
+        failed(call, down)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_json(_error_event(down))
     except (ConnectionError, RuntimeError):
         call.status = CLIENT_CLOSED            # the socket closed under a send
     except Exception:

@@ -58,6 +58,8 @@ def validate_messages(call: ChatCall) -> None:
     if isinstance(md, dict) and isinstance(md.get("user_id"), str):
         chat["user"] = md["user_id"]
     _tools(body, chat)
+    if isinstance(body.get("cache"), bool):
+        chat["cache"] = body["cache"]             # the gateway's own opt-in (never sent upstream)
     if stream:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}     # message_delta carries the final usage

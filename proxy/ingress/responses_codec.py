@@ -36,7 +36,7 @@ class ResponsesCodec:
             return reply
         if reply.chunks is not None:
             if reply.native:
-                reply.chunks = self._pin_stream(reply.chunks)
+                reply.chunks = self._pin_stream(call, reply.chunks)
                 return reply
             stream = ResponsesStream(Draft(self.req, call.model))
             reply.chunks = render_stream(reply.chunks, stream, self.failed,
@@ -47,7 +47,7 @@ class ResponsesCodec:
         if reply.native:
             m = _ID.search(reply.body)
             if m is not None:
-                self._pin(m.group(1).decode())
+                self._pin(call, m.group(1).decode())
             return reply
         resp = response_body(reply.body, Draft(self.req, call.model))
         self._save(call, resp)
@@ -63,12 +63,12 @@ class ResponsesCodec:
         self.store.save(self.tenant(), resp["id"], Stored(response=resp,
                                                           messages=[*msgs, assistant_message(resp["output"])]))
 
-    def _pin(self, rid: str) -> None:
-        """A response created upstream: remember only that it exists, for its continuations."""
-        if self.keep and self.store is not None:
-            self.store.save(self.tenant(), rid, Stored())
+    def _pin(self, call: ChatCall, rid: str) -> None:
+        """A response created upstream: remember which provider holds it, for its continuations."""
+        if self.keep and self.store is not None and call.target is not None:
+            self.store.save(self.tenant(), rid, Stored(provider=call.target.provider))
 
-    async def _pin_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _pin_stream(self, call: ChatCall, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         seen: bytes | None = b""
         try:
             async for data in chunks:
@@ -76,7 +76,7 @@ class ResponsesCodec:
                     seen = seen[-64:] + data
                     m = _ID.search(seen)
                     if m is not None:
-                        self._pin(m.group(1).decode())
+                        self._pin(call, m.group(1).decode())
                         seen = None
                 yield data
         except ProxyError as e:

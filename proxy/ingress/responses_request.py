@@ -71,6 +71,8 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, An
         chat["reasoning_effort"] = reasoning["effort"]
     _tools(body, chat)
     _format(body.get("text"), chat)
+    if isinstance(body.get("cache"), bool):
+        chat["cache"] = body["cache"]             # the gateway's own opt-in (never sent upstream)
     if body.get("stream") is True:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}

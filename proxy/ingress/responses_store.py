@@ -3,7 +3,8 @@
 Kept in the kv store with a TTL (`responses.store_ttl`), not the ledger: Redis when `storage.redis` is set
 (shared by replicas), else an in-process LRU. Keys are scoped by the calling key's id, so one tenant can
 neither read nor continue another's responses. A response created by a pass-through target lives at its
-provider instead; only its id is recorded here, so that a continuation is known to be valid.
+provider instead; only its id and that provider are recorded here, so that a continuation is known to be
+valid and goes to the provider (and so the key) that holds it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from proxy.kv import KV, KVError
 class Stored(msgspec.Struct, kw_only=True):
     response: dict[str, Any] | None = None        # the Response object (None: created upstream, pass-through)
     messages: list[dict[str, Any]] = []           # the whole conversation so far, as chat messages
-    instructions: Any = None                      # not carried over by a continuation (OpenAI's rule)
+    provider: str | None = None                   # created upstream (pass-through): the provider holding it
 
 
 _ENC = msgspec.json.Encoder()

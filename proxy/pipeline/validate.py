@@ -54,4 +54,6 @@ class ValidateStage:
                                  code="previous_response_not_found")
         if stored.response is not None:
             call.raw_body = None          # ours: a provider's own Responses API could not continue it
+        else:
+            call.pinned_provider = stored.provider   # the upstream's: only the provider holding it can go on
         validate_responses(call, stored.messages)
