@@ -58,7 +58,7 @@ def build_gateway(config: Config, keys: KeyStore | None = None) -> Gateway:
     auth = Authenticator(config.server.master_key, keys.lookup if keys is not None else None)
     cache = CacheStage(config, router.models)
     limits = RateLimitStage(config, router)   # in-process, or Redis when storage.redis is set
-    stored = ResponsesStore(config)           # previous_response_id: kv store with a TTL
+    stored = ResponsesStore(config, keys.ledger if keys is not None else None)   # previous_response_id
     acct = (Accounting(config, keys.ledger, router.models)
             if keys is not None and config.accounting.enabled else None)
     accounting = AccountingStage(acct) if acct is not None else None

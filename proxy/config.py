@@ -262,8 +262,10 @@ class UIConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 class ResponsesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Stored responses (`store: true`) for `previous_response_id` and GET/DELETE /v1/responses/{id}: in
-    Redis when storage.redis is set (shared by replicas), else in process memory (lost on restart)."""
+    """Stored responses (`store: true`) for `previous_response_id` and GET/DELETE /v1/responses/{id}: in the
+    ledger (shared by replicas on PostgreSQL), or the kv store (Redis when storage.redis is set, else in
+    process memory, lost on restart)."""
+    store: Literal["ledger", "kv"] = "ledger"
     store_ttl: _Positive = 30 * 86400.0         # seconds a stored response is kept (OpenAI keeps 30 days)
     max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024   # the in-memory store's bound (LRU)
     prefix: str = "llm:responses:"              # Redis key prefix

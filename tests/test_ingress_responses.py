@@ -212,3 +212,26 @@ async def test_a_converted_answer_is_cached_and_each_hit_is_a_new_stored_respons
     a, b = first.parse(), hit.parse()
     assert a.output_text == b.output_text and a.id != b.id
     assert (await client.responses.retrieve(b.id)).output_text == a.output_text
+
+
+@pytest.mark.parametrize("store", ["ledger", "kv"])
+async def test_stored_responses_in_either_store_expire(start_proxy, fake_openai, fake_anthropic, tmp_path, store):
+    import asyncio
+    cfg = ingress_config(fake_openai, fake_anthropic, tmp_path, responses={"store": store, "store_ttl": 0.3})
+    client = _client(await start_proxy(cfg))
+    first = await client.responses.create(model="mock", input="hello")
+    assert (await client.responses.retrieve(first.id)).id == first.id
+    await client.responses.create(model="mock", input="again", previous_response_id=first.id)
+    await asyncio.sleep(0.35)
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.responses.create(model="mock", input="later", previous_response_id=first.id)
+    assert e.value.code == "previous_response_not_found"
+
+
+async def test_a_ledger_stored_response_outlives_the_replica_that_made_it(start_proxy, fake_openai,
+                                                                          fake_anthropic, tmp_path):
+    cfg = ingress_config(fake_openai, fake_anthropic, tmp_path)
+    first = await _client(await start_proxy(cfg)).responses.create(model="mock", input="hello")
+    other = _client(await start_proxy(cfg))               # another replica on the same ledger
+    res = await other.responses.create(model="mock", input="again", previous_response_id=first.id)
+    assert res.previous_response_id == first.id

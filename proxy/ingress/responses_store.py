@@ -1,21 +1,31 @@
 """Stored responses: what `previous_response_id` continues from, and what GET /v1/responses/{id} returns.
 
-Kept in the kv store with a TTL (`responses.store_ttl`), not the ledger: Redis when `storage.redis` is set
-(shared by replicas), else an in-process LRU. Keys are scoped by the calling key's id, so one tenant can
-neither read nor continue another's responses. A response created by a pass-through target lives at its
-provider instead; only its id and that provider are recorded here, so that a continuation is known to be
-valid and goes to the provider (and so the key) that holds it.
+Kept in the ledger (`responses.store: ledger`, the default: the stored_responses table, SQLite or
+PostgreSQL, so replicas share it) or in the kv store (`kv`: Redis when `storage.redis` is set, else an
+in-process LRU), with a TTL either way (`responses.store_ttl`). Rows are keyed by the calling key's id, so
+one tenant can neither read nor continue another's responses. A response created by a pass-through target
+lives at its provider instead; only its id and that provider are recorded here, so that a continuation is
+known to be valid and goes to the provider (and so the key) that holds it.
+
+Saves run in tasks the store keeps (the render that asks for them is synchronous); a read of an id whose
+save is still running waits for it, so the next turn on this replica always finds the last one.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+from typing import Any, Protocol
 
 import msgspec
 
 from proxy.config import Config
+from proxy.errors import LedgerUnavailable
 from proxy.kv import KV, KVError
+from proxy.store import Ledger
+from proxy.store import responses as rows
+
+log = logging.getLogger("proxy.responses")
 
 
 class Stored(msgspec.Struct, kw_only=True):
@@ -26,32 +36,87 @@ class Stored(msgspec.Struct, kw_only=True):
 
 _ENC = msgspec.json.Encoder()
 _DEC = msgspec.json.Decoder(Stored)
+PURGE_EVERY = 256                                 # saves between two purges of expired ledger rows
+
+
+class Backend(Protocol):
+    async def get(self, tenant: str, rid: str) -> bytes | None: ...
+    async def put(self, tenant: str, rid: str, value: bytes) -> None: ...
+    async def delete(self, tenant: str, rid: str) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class KVBackend:
+    def __init__(self, kv: KV, ttl: float) -> None:
+        self.kv, self.ttl = kv, ttl
+
+    async def get(self, tenant: str, rid: str) -> bytes | None:
+        try:
+            return await self.kv.get(f"{tenant}:{rid}")
+        except KVError:
+            raise LedgerUnavailable("The response store is unreachable; try again shortly.") from None
+
+    async def put(self, tenant: str, rid: str, value: bytes) -> None:
+        await self.kv.set(f"{tenant}:{rid}", value, self.ttl)
+
+    async def delete(self, tenant: str, rid: str) -> bool:
+        return await self.kv.delete(f"{tenant}:{rid}") > 0
+
+    async def close(self) -> None:
+        await self.kv.close()
+
+
+class LedgerBackend:
+    def __init__(self, ledger: Ledger, ttl: float) -> None:
+        self.ledger, self.ttl = ledger, ttl
+        self.saves = 0
+
+    async def get(self, tenant: str, rid: str) -> bytes | None:
+        try:
+            body = await rows.get(self.ledger, tenant, rid)
+        except Exception:
+            raise LedgerUnavailable() from None
+        return body.encode() if body is not None else None
+
+    async def put(self, tenant: str, rid: str, value: bytes) -> None:
+        await rows.put(self.ledger, tenant, rid, value.decode(), self.ttl)
+        self.saves += 1
+        if self.saves % PURGE_EVERY == 0:
+            await rows.purge(self.ledger)
+
+    async def delete(self, tenant: str, rid: str) -> bool:
+        return await rows.delete(self.ledger, tenant, rid)
+
+    async def close(self) -> None:
+        pass                                      # the ledger is the key store's to close
+
+
+def kv_backend(config: Config) -> KVBackend:
+    c = config.responses
+    kv: KV
+    if config.storage.redis:
+        from proxy.kv.redis import RedisKV
+        kv = RedisKV(config.storage.redis, prefix=c.prefix, timeout=config.cache.redis_timeout,
+                     cooldown=config.cache.breaker_cooldown)
+    else:
+        from proxy.kv.memory import MemoryKV
+        kv = MemoryKV(max_bytes=c.max_bytes)
+    return KVBackend(kv, c.store_ttl)
 
 
 class ResponsesStore:
-    def __init__(self, config: Config, kv: KV | None = None) -> None:
-        c = config.responses
-        self.ttl = c.store_ttl
-        if kv is None:
-            if config.storage.redis:
-                from proxy.kv.redis import RedisKV
-                kv = RedisKV(config.storage.redis, prefix=c.prefix, timeout=config.cache.redis_timeout,
-                             cooldown=config.cache.breaker_cooldown)
-            else:
-                from proxy.kv.memory import MemoryKV
-                kv = MemoryKV(max_bytes=c.max_bytes)
-        self.kv = kv
-        self.pending: set[asyncio.Task] = set()    # saves in flight (awaited on shutdown)
-
-    @staticmethod
-    def _key(tenant: str, rid: str) -> str:
-        return f"{tenant}:{rid}"
+    def __init__(self, config: Config, ledger: Ledger | None = None) -> None:
+        ttl = config.responses.store_ttl
+        self.backend: Backend = (LedgerBackend(ledger, ttl) if ledger is not None and config.responses.store ==
+                                 "ledger" else kv_backend(config))
+        self.pending: dict[tuple[str, str], asyncio.Task] = {}   # saves in flight (awaited on shutdown)
 
     async def get(self, tenant: str, rid: str) -> Stored | None:
-        try:
-            raw = await self.kv.get(self._key(tenant, rid))
-        except KVError:
-            return None
+        """None: unknown or expired. Raises LedgerUnavailable (503) when the store cannot answer."""
+        saving = self.pending.get((tenant, rid))
+        if saving is not None:
+            await asyncio.wait([saving])
+        raw = await self.backend.get(tenant, rid)
         if raw is None:
             return None
         try:
@@ -59,25 +124,25 @@ class ResponsesStore:
         except msgspec.DecodeError:
             return None
 
-    async def put(self, tenant: str, rid: str, stored: Stored) -> None:
-        try:
-            await self.kv.set(self._key(tenant, rid), _ENC.encode(stored), self.ttl)
-        except KVError:
-            pass                     # a store that is down loses the continuation, not the answer
-
     def save(self, tenant: str, rid: str, stored: Stored) -> None:
-        """From a synchronous render: the write runs in a task the store keeps."""
-        task = asyncio.ensure_future(self.put(tenant, rid, stored))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        key = (tenant, rid)
+        task = asyncio.ensure_future(self._put(tenant, rid, stored))
+        self.pending[key] = task
+        task.add_done_callback(lambda _t: self.pending.pop(key, None))
+
+    async def _put(self, tenant: str, rid: str, stored: Stored) -> None:
+        try:
+            await self.backend.put(tenant, rid, _ENC.encode(stored))
+        except Exception as e:                    # a store that is down loses the continuation, not the answer
+            log.warning("could not store response %s: %s", rid, type(e).__name__)
 
     async def delete(self, tenant: str, rid: str) -> bool:
         try:
-            return await self.kv.delete(self._key(tenant, rid)) > 0
-        except KVError:
-            return False
+            return await self.backend.delete(tenant, rid)
+        except Exception:
+            raise LedgerUnavailable("The response store is unreachable; try again shortly.") from None
 
     async def close(self) -> None:
         if self.pending:
-            await asyncio.wait(list(self.pending), timeout=5)
-        await self.kv.close()
+            await asyncio.wait(list(self.pending.values()), timeout=5)
+        await self.backend.close()
