@@ -15,7 +15,7 @@ def _registered() -> set[tuple[str, str]]:
     app = build_app(make_config())
     out = set()
     for r in app.router.routes():
-        if r.method == "HEAD" or r.resource is None:
+        if r.method in ("HEAD", "*") or r.resource is None:      # "*": a route's 405 in its own envelope
             continue
         info = r.resource.get_info()
         out.add((r.method.lower(), info.get("path") or info["formatter"]))

@@ -59,8 +59,16 @@ async def count_tokens(request: web.Request) -> web.Response:
     return web.json_response({"input_tokens": n}, headers={"x-request-id": call.request_id})
 
 
+async def not_allowed(request: web.Request) -> web.Response:
+    """Any other method on an Anthropic route: 405, in Anthropic's envelope too (aiohttp's own 405 is
+    matched to no route, so the middleware could not tell)."""
+    raise ProxyError(f"Method {request.method} is not allowed on {request.path}.", status=405,
+                     type="invalid_request_error", code="method_not_allowed", headers={"Allow": "POST"})
+
+
 def setup(app: web.Application) -> None:
     for path, handler in (("/v1/messages", messages), ("/v1/messages/count_tokens", count_tokens)):
         resource = app.router.add_post(path, handler).resource
+        app.router.add_route("*", path, not_allowed)              # the same resource
         assert resource is not None
         anthropic_route(app, resource)
