@@ -50,11 +50,16 @@ class FakeAnthropic:
                       "cache_creation_input_tokens": 0}
         self.requests: list[dict[str, Any]] = []
         self.raw: list[bytes] = []          # each request body's bytes, as they arrived
-        self.streamed = b""                 # the bytes of the last stream, as they were sent
+        self._sent: list[bytes] = []        # the last stream's writes (see `streamed`)
         self.headers: list[dict[str, str]] = []
         self.app = web.Application()
         self.app.router.add_post("/v1/messages", self.messages)
         self.app.router.add_get("/v1/models", self.models)
+
+    @property
+    def streamed(self) -> bytes:
+        """The bytes of the last stream, as they were sent."""
+        return b"".join(self._sent)
 
     def _auth(self, request: web.Request) -> web.Response | None:
         if request.headers.get("x-api-key") != self.api_key:
@@ -123,11 +128,11 @@ class FakeAnthropic:
                       stop: str) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        self.streamed = b""
+        sent = self._sent = []
         send = resp.write
 
         async def write(data: bytes) -> None:
-            self.streamed += data
+            sent.append(data)
             await send(data)
         resp.write = write  # type: ignore[method-assign]
         start_usage = {**self.usage, "output_tokens": 1}
