@@ -63,3 +63,19 @@ async def test_a_cut_stream_and_a_client_that_hangs_up_leave_one_event_each(star
     assert len(evs) == 2 and {e["status"] for e in evs} == {502, 499}
     fake_openai.delay = 0
     assert (await _client(proxy).completions.create(model="gpt", prompt="x")).choices   # the slot is free
+
+
+async def test_caps_routing_fields_and_a_key_refused_a_model(proxy):
+    from tests.keys_helpers import create_key
+    client = _client(proxy)
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.completions.create(model="gpt", prompt="x", max_tokens=10_000_000)
+    assert e.value.param == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.completions.create(model="gpt", prompt="x", extra_body={"api_base": "http://evil"})
+    assert e.value.param == "api_base"
+    only_mock = (await create_key(proxy, models=["mock"]))["key"]
+    refused = openai.AsyncOpenAI(base_url=str(proxy.make_url("/v1")), api_key=only_mock, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        await refused.completions.create(model="gpt", prompt="x")
+    assert e.value.type == "permission_error"

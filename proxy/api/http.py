@@ -49,7 +49,7 @@ def anthropic_route(app: web.Application, resource: web.AbstractResource) -> Non
 
 def _anthropic(request: web.Request) -> bool:
     routes = request.app.get(ANTHROPIC_ROUTES)
-    return bool(routes) and request.match_info.route.resource in routes
+    return routes is not None and request.match_info.route.resource in routes
 
 
 def new_request_id() -> str:

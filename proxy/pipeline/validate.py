@@ -5,14 +5,25 @@ one, and every converting provider, reads an OpenAI chat body."""
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from typing import Any
 
-from proxy.api.parse import validate_chat, validate_embeddings
+from proxy.api.parse import refuse_routing_fields, validate_chat, validate_embeddings
 from proxy.context import ChatCall
 from proxy.errors import InvalidRequest
 from proxy.ingress.completions_request import validate_completions
 from proxy.ingress.messages_request import validate_messages
 from proxy.ingress.responses_request import check_responses, validate_responses
 from proxy.ingress.responses_store import ResponsesStore
+
+# Each other protocol's output-token field, capped by server.max_output_tokens like chat's.
+OUTPUT_FIELD = {"messages": "max_tokens", "responses": "max_output_tokens", "completions": "max_tokens"}
+
+
+def _at_most(body: dict[str, Any], name: str, cap: int) -> None:
+    v = body.get(name)
+    if isinstance(v, int) and not isinstance(v, bool) and v > cap:
+        raise InvalidRequest(f"Invalid '{name}': at most {cap} (server.max_output_tokens).", param=name,
+                             code="invalid_value")
 
 
 def tenant(call: ChatCall) -> str:
@@ -32,15 +43,17 @@ class ValidateStage:
             validate_chat(call, self.max_output_tokens)
         elif call.endpoint == "embeddings":
             validate_embeddings(call)
-        elif call.endpoint == "messages":
-            validate_messages(call)
-        elif call.endpoint == "responses":
-            if call.body.get("previous_response_id") is None:
+        elif call.endpoint in OUTPUT_FIELD:
+            refuse_routing_fields(call.body)
+            _at_most(call.body, OUTPUT_FIELD[call.endpoint], self.max_output_tokens)
+            if call.endpoint == "messages":
+                validate_messages(call)
+            elif call.endpoint == "completions":
+                validate_completions(call)
+            elif call.body.get("previous_response_id") is None:
                 validate_responses(call, [])
             else:
                 return self._continue(call)
-        elif call.endpoint == "completions":
-            validate_completions(call)
         return None
 
     async def _continue(self, call: ChatCall) -> None:
