@@ -20,6 +20,7 @@ def ingress_config(fake_openai, fake_anthropic, tmp_path, **sections: Any):
     serves /v1/responses; `mixed` -> chat-only first, then the Responses one; `claude` -> the fake Anthropic; `mock` -> the mock (slow streams with
     `mock_delay_ms`)."""
     delay = sections.pop("mock_delay_ms", 0)
+    database = sections.pop("database", f"sqlite:///{tmp_path}/l.db")
     return make_config(
         providers={"up": openai_provider(fake_openai, timeouts=TIMEOUTS, **sections.pop("openai", {})),
                    "resp": openai_provider(fake_openai, timeouts=TIMEOUTS, responses=True),
@@ -32,7 +33,7 @@ def ingress_config(fake_openai, fake_anthropic, tmp_path, **sections: Any):
                                               {"provider": "resp", "model": "gpt-4o-mini"}]},
                 {"name": "claude", "targets": [{"provider": "ant", "model": "claude-haiku-4-5"}]},
                 {"name": "mock", "targets": [{"provider": "local", "model": "mock"}]}],
-        storage={"database": f"sqlite:///{tmp_path}/l.db"}, **sections)
+        storage={"database": database}, **sections)
 
 
 async def usage_events(server, want: int = 1, tries: int = 60) -> list[dict[str, Any]]:

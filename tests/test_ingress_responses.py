@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from tests.conftest import MASTER
 from tests.ingress_helpers import ADMIN, hang_up_after, ingress_config, usage_events
-from tests.keys_helpers import create_key
+from tests.keys_helpers import create_key, ledger_url  # noqa: F401 - a fixture
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city", "strict": True,
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
@@ -229,8 +229,8 @@ async def test_stored_responses_in_either_store_expire(start_proxy, fake_openai,
 
 
 async def test_a_ledger_stored_response_outlives_the_replica_that_made_it(start_proxy, fake_openai,
-                                                                          fake_anthropic, tmp_path):
-    cfg = ingress_config(fake_openai, fake_anthropic, tmp_path)
+                                                                          fake_anthropic, tmp_path, ledger_url):
+    cfg = ingress_config(fake_openai, fake_anthropic, tmp_path, database=ledger_url)   # SQLite and PostgreSQL
     first = await _client(await start_proxy(cfg)).responses.create(model="mock", input="hello")
     other = _client(await start_proxy(cfg))               # another replica on the same ledger
     res = await other.responses.create(model="mock", input="again", previous_response_id=first.id)

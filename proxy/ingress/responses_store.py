@@ -7,8 +7,9 @@ one tenant can neither read nor continue another's responses. A response created
 lives at its provider instead; only its id and that provider are recorded here, so that a continuation is
 known to be valid and goes to the provider (and so the key) that holds it.
 
-Saves run in tasks the store keeps (the render that asks for them is synchronous); a read of an id whose
-save is still running waits for it, so the next turn on this replica always finds the last one.
+Saves are queued by the (synchronous) render and written in batches, one transaction each, by a flush the
+store owns (`FLUSH_WINDOW` after the first save queued); a read of an id whose save is still queued or being
+written waits for it, so the next turn on this replica always finds the last one.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ class Stored(msgspec.Struct, kw_only=True):
 
 _ENC = msgspec.json.Encoder()
 _DEC = msgspec.json.Decoder(Stored)
-PURGE_EVERY = 256                                 # saves between two purges of expired ledger rows
+PURGE_EVERY = 256                                 # batches between two purges of expired ledger rows
+FLUSH_WINDOW = 0.005                              # seconds saves gather before one batch write
 
 
 class Backend(Protocol):
     async def get(self, tenant: str, rid: str) -> bytes | None: ...
-    async def put(self, tenant: str, rid: str, value: bytes) -> None: ...
+    async def put_many(self, rows: list[tuple[str, str, bytes]]) -> None: ...
     async def delete(self, tenant: str, rid: str) -> bool: ...
     async def close(self) -> None: ...
 
@@ -56,8 +58,9 @@ class KVBackend:
         except KVError:
             raise LedgerUnavailable("The response store is unreachable; try again shortly.") from None
 
-    async def put(self, tenant: str, rid: str, value: bytes) -> None:
-        await self.kv.set(f"{tenant}:{rid}", value, self.ttl)
+    async def put_many(self, rows: list[tuple[str, str, bytes]]) -> None:
+        for tenant, rid, value in rows:
+            await self.kv.set(f"{tenant}:{rid}", value, self.ttl)
 
     async def delete(self, tenant: str, rid: str) -> bool:
         return await self.kv.delete(f"{tenant}:{rid}") > 0
@@ -78,8 +81,8 @@ class LedgerBackend:
             raise LedgerUnavailable() from None
         return body.encode() if body is not None else None
 
-    async def put(self, tenant: str, rid: str, value: bytes) -> None:
-        await rows.put(self.ledger, tenant, rid, value.decode(), self.ttl)
+    async def put_many(self, batch: list[tuple[str, str, bytes]]) -> None:
+        await rows.put_many(self.ledger, [(t, r, v.decode()) for t, r, v in batch], self.ttl)
         self.saves += 1
         if self.saves % PURGE_EVERY == 0:
             await rows.purge(self.ledger)
@@ -109,7 +112,9 @@ class ResponsesStore:
         ttl = config.responses.store_ttl
         self.backend: Backend = (LedgerBackend(ledger, ttl) if ledger is not None and config.responses.store ==
                                  "ledger" else kv_backend(config))
-        self.pending: dict[tuple[str, str], asyncio.Task] = {}   # saves in flight (awaited on shutdown)
+        self.pending: dict[tuple[str, str], asyncio.Future] = {}   # id -> the flush that writes it
+        self._queue: list[tuple[str, str, bytes]] = []
+        self._flush: asyncio.Future | None = None
 
     async def get(self, tenant: str, rid: str) -> Stored | None:
         """None: unknown or expired. Raises LedgerUnavailable (503) when the store cannot answer."""
@@ -125,16 +130,21 @@ class ResponsesStore:
             return None
 
     def save(self, tenant: str, rid: str, stored: Stored) -> None:
+        self._queue.append((tenant, rid, _ENC.encode(stored)))
+        flush = self._flush
+        if flush is None:
+            flush = self._flush = asyncio.ensure_future(self._write())
         key = (tenant, rid)
-        task = asyncio.ensure_future(self._put(tenant, rid, stored))
-        self.pending[key] = task
-        task.add_done_callback(lambda _t: self.pending.pop(key, None))
+        self.pending[key] = flush
+        flush.add_done_callback(lambda f: self.pending.pop(key, None) if self.pending.get(key) is f else None)
 
-    async def _put(self, tenant: str, rid: str, stored: Stored) -> None:
+    async def _write(self) -> None:
+        await asyncio.sleep(FLUSH_WINDOW)
+        batch, self._queue, self._flush = self._queue, [], None   # later saves start the next flush
         try:
-            await self.backend.put(tenant, rid, _ENC.encode(stored))
-        except Exception as e:                    # a store that is down loses the continuation, not the answer
-            log.warning("could not store response %s: %s", rid, type(e).__name__)
+            await self.backend.put_many(batch)
+        except Exception as e:                    # a store that is down loses the continuations, not the answers
+            log.warning("could not store %d responses: %s", len(batch), type(e).__name__)
 
     async def delete(self, tenant: str, rid: str) -> bool:
         try:

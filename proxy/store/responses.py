@@ -8,11 +8,14 @@ import time
 from proxy.store import Ledger
 
 
-async def put(ledger: Ledger, tenant: str, rid: str, body: str, ttl: float) -> None:
+async def put_many(ledger: Ledger, rows: list[tuple[str, str, str]], ttl: float) -> None:
+    """(tenant, id, body) rows in one transaction; an id stored again is replaced."""
     now = time.time()
-    await ledger.execute("DELETE FROM stored_responses WHERE tenant = ? AND id = ?", tenant, rid)
-    await ledger.execute("INSERT INTO stored_responses (tenant, id, created_at, expires_at, body) "
-                         "VALUES (?, ?, ?, ?, ?)", tenant, rid, now, now + ttl, body)
+    await ledger.executemany(
+        "INSERT INTO stored_responses (tenant, id, created_at, expires_at, body) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (tenant, id) DO UPDATE SET created_at = excluded.created_at, "
+        "expires_at = excluded.expires_at, body = excluded.body",
+        [(tenant, rid, now, now + ttl, body) for tenant, rid, body in rows])
 
 
 async def get(ledger: Ledger, tenant: str, rid: str) -> str | None:
