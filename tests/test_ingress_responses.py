@@ -229,7 +229,8 @@ async def test_stored_responses_in_either_store_expire(start_proxy, fake_openai,
 
 
 async def test_a_ledger_stored_response_outlives_the_replica_that_made_it(start_proxy, fake_openai,
-                                                                          fake_anthropic, tmp_path, ledger_url):
+                                                                          fake_anthropic, tmp_path,
+                                                                          ledger_url):  # noqa: F811
     cfg = ingress_config(fake_openai, fake_anthropic, tmp_path, database=ledger_url)   # SQLite and PostgreSQL
     first = await _client(await start_proxy(cfg)).responses.create(model="mock", input="hello")
     other = _client(await start_proxy(cfg))               # another replica on the same ledger
