@@ -54,7 +54,7 @@ def test_no_server_error_and_every_error_in_its_envelope(case, gateway):
     if case.method == "GET" and case.path in ("/v1/responses", "/graphql"):
         return                                   # WebSockets: tests/test_ingress_websocket.py, test_graphql_*
     resp = case.call(base_url=gateway, headers={"Authorization": f"Bearer {MASTER}"}, timeout=10)
-    assert resp.status_code < 500, (case.method, case.path, resp.status_code, resp.content[:300])
+    assert resp.status_code < 500, (case.method, case.path, case.body, case.headers, resp.status_code)
     if resp.status_code >= 400:
         body = orjson.loads(resp.content)
         if case.path == "/graphql" and "errors" in body:           # GraphQL's own; the edge's are OpenAI's
