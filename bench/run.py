@@ -59,7 +59,7 @@ LONG_CHUNKS = 1000    # per-chunk overhead: long streams, so per-request costs f
 
 
 def proxy_config(upstream_port: int, port: int, long_port: int, anth_port: int, slow_port: int, trickle_port: int,
-                 extra: str = "") -> str:
+                 extra: str = "", short_anth_port: int = 9) -> str:
     return f"""
 server: {{host: 127.0.0.1, port: {port}, master_key: "{MASTER}", log_level: warning}}
 providers:
@@ -70,11 +70,14 @@ providers:
   dead: {{type: openai, base_url: "http://127.0.0.1:9/v1"}}
   long: {{type: openai, base_url: "http://127.0.0.1:{long_port}/v1", api_key: "sk-upstream"}}
   anth: {{type: anthropic, base_url: "http://127.0.0.1:{anth_port}", api_key: "sk-ant-bench"}}
+  anth_short: {{type: anthropic, base_url: "http://127.0.0.1:{short_anth_port}", api_key: "sk-ant-bench"}}
 models:
   - name: slow
     targets: [{{provider: slow, model: bench}}]
   - name: trickle
     targets: [{{provider: trickle, model: bench}}]
+  - name: short-anthropic
+    targets: [{{provider: anth_short, model: claude-bench}}]
   - name: long-openai
     targets: [{{provider: long, model: bench}}]
   - name: long-anthropic
@@ -109,6 +112,7 @@ async def scenarios(urls: dict[str, str]) -> dict[str, dict]:
             res = await run_load(url, body, headers, conc, SECONDS, is_stream)
             out[name][path] = res.summary()
             print(f"  {name:14s} {path:7s} {res.summary()}", flush=True)
+    out["ingress"] = await ingress_scenario(urls, headers, msg)
     out["breaker"] = await breaker_scenario(urls["proxy"], headers, msg)
     out["chunks"] = await chunk_scenario(urls, headers, msg, int(urls["proxy_pid"]))
     return out
@@ -152,6 +156,36 @@ async def chunk_scenario(urls: dict[str, str], headers: dict[str, str], msg: lis
     return out
 
 
+async def ingress_scenario(urls: dict[str, str], headers: dict[str, str], msg: list) -> dict:
+    """Issue 19, streams at concurrency 32 in one run: the Responses API converted to the fake chat upstream
+    against chat completions SSE to the same upstream; the Messages API passed through to a fake Anthropic
+    upstream against that upstream direct and against chat completions SSE."""
+    base = urls["proxy"].removesuffix("/v1/chat/completions")
+    anth_headers = {"x-api-key": "sk-ant-bench", "anthropic-version": "2026-10-21",
+                    "Content-Type": "application/json"}
+    anth = {"max_tokens": 1024, "stream": True, "messages": msg}
+    plan = {
+        "chat_sse": (urls["proxy"], {"model": "bench", "messages": msg, "stream": True}, headers),
+        "responses_sse": (base + "/v1/responses", {"model": "bench", "input": msg[0]["content"], "stream": True},
+                          headers),
+        "messages_direct": (urls["anth_short_direct"], {**anth, "model": "claude-bench"}, anth_headers),
+        "messages_passthrough": (base + "/v1/messages", {**anth, "model": "short-anthropic"},
+                                 {**headers, "anthropic-version": "2026-10-21"}),
+    }
+    out: dict = {}
+    for name, (url, body, hdrs) in plan.items():
+        res = await run_load(url, orjson.dumps(body), hdrs, 32, SECONDS, True)
+        out[name] = res.summary()
+        print(f"  ingress_c32    {name:21s} {out[name]}", flush=True)
+    rps = {k: v["rps"] for k, v in out.items()}
+    out["responses_vs_chat"] = round(rps["responses_sse"] / rps["chat_sse"], 2) if rps["chat_sse"] else None
+    out["messages_passthrough_vs_chat"] = (round(rps["messages_passthrough"] / rps["chat_sse"], 2)
+                                           if rps["chat_sse"] else None)
+    out["messages_passthrough_vs_direct"] = (round(rps["messages_passthrough"] / rps["messages_direct"], 2)
+                                             if rps["messages_direct"] else None)
+    return out
+
+
 async def breaker_scenario(url: str, headers: dict[str, str], msg: list) -> dict:
     """Issue 9: once the primary's breaker is open, fallbacks cost (almost) nothing extra, and a model
     whose only target is dead answers 503 at once."""
@@ -169,6 +203,7 @@ def report(results: dict) -> None:
     s = dict(results["scenarios"])
     b = s.pop("breaker", None)
     c = s.pop("chunks", None)
+    g = s.pop("ingress", None)
     print("\n| scenario | direct rps | relay rps | proxy rps | proxy/relay | direct p50 ms | proxy p50 ms | "
           "added p50 ms | proxy p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -185,6 +220,11 @@ def report(results: dict) -> None:
         print(f"per-chunk proxy CPU ({LONG_CHUNKS}-chunk streams, c=4): pass-through "
               f"{c['per_chunk_overhead_us']['openai']} us, Anthropic conversion "
               f"{c['per_chunk_overhead_us']['anthropic']} us (ratio {c['anthropic_vs_passthrough']})")
+    if g:
+        print(f"ingress streams (c=32, rps): chat SSE {g['chat_sse']['rps']}, Responses converted "
+              f"{g['responses_sse']['rps']} ({g['responses_vs_chat']:.0%} of chat; target 80%), Messages pass-through "
+              f"{g['messages_passthrough']['rps']} ({g['messages_passthrough_vs_chat']:.0%} of chat, "
+              f"{g['messages_passthrough_vs_direct']:.0%} of its upstream direct; target 90%)")
     for name in ("stream_c1", "stream_c32"):
         row = s[name]
         print(f"{name}: ttfb p50 direct {row['direct'].get('ttfb_p50_ms')} ms, relay "
@@ -246,7 +286,7 @@ def main() -> None:
     field.raise_fd_limit()                   # 5,000 streams: the client, relay and proxy need the fds
     t0 = time.time()
     up_port, relay_port, proxy_port = free_port(), free_port(), free_port()
-    long_port, anth_port = free_port(), free_port()
+    long_port, anth_port, short_anth_port = free_port(), free_port(), free_port()
     slow_port, trickle_port, slow_relay_port, trickle_relay_port = free_port(), free_port(), free_port(), free_port()
     procs = [spawn(["-m", "bench.fake_upstream", str(up_port)]),
              spawn(["-m", "bench.fake_upstream", str(long_port), str(LONG_CHUNKS)]),
@@ -254,8 +294,9 @@ def main() -> None:
                     str(LONG_CHUNKS)]),
              spawn(["-m", "bench.fake_upstream", str(slow_port), "20", str(field.SLOW_MS)]),
              spawn(["-m", "bench.fake_upstream", str(trickle_port), str(field.TRICKLE_CHUNKS), "0",
-                    str(field.TRICKLE_GAP_MS)])]
-    for port in (up_port, long_port, anth_port, slow_port, trickle_port):
+                    str(field.TRICKLE_GAP_MS)]),
+             spawn(["-m", "tests.fakes.anthropic_upstream", "--port", str(short_anth_port)])]
+    for port in (up_port, long_port, anth_port, slow_port, trickle_port, short_anth_port):
         wait_port(port)
     upstream_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
     slow_url = f"http://127.0.0.1:{slow_port}/v1/chat/completions"
@@ -266,7 +307,7 @@ def main() -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         # BENCH_PROXY_EXTRA: YAML appended to the proxy's config, e.g. to switch stages off and measure the core.
         f.write(proxy_config(up_port, proxy_port, long_port, anth_port, slow_port, trickle_port,
-                             os.environ.get("BENCH_PROXY_EXTRA", "")))
+                             os.environ.get("BENCH_PROXY_EXTRA", ""), short_anth_port))
     proxy = spawn(["-m", "proxy", "serve", "--config", f.name])
     procs.append(proxy)
     try:
@@ -281,6 +322,7 @@ def main() -> None:
                 "proxy": f"http://127.0.0.1:{proxy_port}/v1/chat/completions",
                 "long_direct": f"http://127.0.0.1:{long_port}/v1/chat/completions",
                 "anth_direct": f"http://127.0.0.1:{anth_port}/v1/messages", "proxy_pid": str(proxy.pid),
+                "anth_short_direct": f"http://127.0.0.1:{short_anth_port}/v1/messages",
                 "slow_direct": slow_url, "slow_relay": f"http://127.0.0.1:{slow_relay_port}/v1/chat/completions",
                 "trickle_relay": f"http://127.0.0.1:{trickle_relay_port}/v1/chat/completions"}
         print(f"bench: {SECONDS:g}s per scenario, one run, same load generator for all paths", flush=True)

@@ -14,12 +14,16 @@ from proxy.api import (
     admin_providers,
     batches,
     chat,
+    completions,
     envelope,
     files,
     health,
     jobs,
+    messages,
     models,
+    openapi,
     quota,
+    responses,
     usage,
 )
 from proxy.api import graphql as graphql_api
@@ -31,6 +35,7 @@ from proxy.audit import denial_recorder
 from proxy.config import Config
 from proxy.cost.accounting import Accounting
 from proxy.gateway import GATEWAY, Gateway
+from proxy.ingress.responses_store import ResponsesStore
 from proxy.keyservice import KeyStore
 from proxy.pipeline import Check, Stage, compose
 from proxy.pipeline.accounting import AccountingStage
@@ -53,12 +58,13 @@ def build_gateway(config: Config, keys: KeyStore | None = None) -> Gateway:
     auth = Authenticator(config.server.master_key, keys.lookup if keys is not None else None)
     cache = CacheStage(config, router.models)
     limits = RateLimitStage(config, router)   # in-process, or Redis when storage.redis is set
+    stored = ResponsesStore(config, keys.ledger if keys is not None else None)   # previous_response_id
     acct = (Accounting(config, keys.ledger, router.models)
             if keys is not None and config.accounting.enabled else None)
     accounting = AccountingStage(acct) if acct is not None else None
     stages: list[Stage | Check] = [
         AuthStage(auth),        # checks (before the call only) run one after another in one frame
-        ValidateStage(config.server.max_output_tokens),
+        ValidateStage(config.server.max_output_tokens, stored),   # other protocols become chat bodies here
         router.planner,         # resolve the model, check the key's scope, order the targets: once
         limits,                 # rate limits: every level in one atomic step; a cache hit still counts
         *([accounting] if accounting is not None else []),   # budget reserve; at the end price, record, settle
@@ -68,7 +74,7 @@ def build_gateway(config: Config, keys: KeyStore | None = None) -> Gateway:
                                                telemetry.bind_checks))
     gw = Gateway(config=config, backends=backends, router=router, auth=auth, pipeline=pipeline,
                  cache=cache, keys=keys, telemetry=telemetry, accounting=acct, accounting_stage=accounting,
-                 limits=limits)
+                 limits=limits, responses=stored)
     if telemetry.metrics is not None:
         telemetry.metrics.registry.register(LimitsCollector(limits))
     gw.observers.append(telemetry.observe)
@@ -98,11 +104,15 @@ def build_app(config: Config, gateway: Gateway | None = None) -> web.Application
     app.router.add_post("/v1/embeddings", chat.embeddings)
     app.router.add_post("/embeddings", chat.embeddings)
     app.router.add_post("/v1/requests", envelope.requests)              # the seed's request envelope
+    messages.setup(app)                                       # /v1/messages, /v1/messages/count_tokens
+    app.router.add_post("/v1/completions", completions.completions)
+    responses.setup(app)                                      # /v1/responses (+ WebSocket mode), /{id}
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{id:.+}", models.get_model)
     app.router.add_get("/health", health.health)
     app.router.add_get("/ready", health.ready)
     app.router.add_get("/metrics", metrics_api.metrics)
+    openapi.setup(app)                                        # GET /openapi.json (proxy/data/openapi.json)
     quota.setup(app)                                          # GET /v1/quota; opens/closes the limiter
     admin_cache.setup(app)
     admin_providers.setup(app)

@@ -261,6 +261,19 @@ class UIConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     enabled: bool = True            # the dashboard and playground at /ui (static files; data via the REST API)
 
 
+class ResponsesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Stored responses (`store: true`) for `previous_response_id` and GET/DELETE /v1/responses/{id}: in the
+    ledger (shared by replicas on PostgreSQL), or the kv store (Redis when storage.redis is set, else in
+    process memory, lost on restart)."""
+    store: Literal["ledger", "kv"] = "ledger"
+    store_ttl: _Positive = 30 * 86400.0         # seconds a stored response is kept (OpenAI keeps 30 days)
+    max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 * 1024 * 1024   # the in-memory store's bound (LRU)
+    prefix: str = "llm:responses:"              # Redis key prefix
+    websocket_idle: _Positive = 300.0           # WebSocket mode: seconds without a message before closing
+    websocket_max: _Positive = 3600.0           # WebSocket mode: a connection's cap (OpenAI's is 60 minutes)
+    websocket_heartbeat: _Positive = 30.0       # WebSocket mode: ping interval (a pong is expected)
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -277,6 +290,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     batches: BatchesConfig = BatchesConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     ui: UIConfig = UIConfig()
+    responses: ResponsesConfig = ResponsesConfig()
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -66,6 +66,7 @@ class Reply:
     chunks: AsyncIterator[bytes] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
+    native: bool = False       # in the client's own protocol (passed through), not OpenAI chat to convert
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
@@ -117,6 +118,8 @@ class ChatCall:
     model: str
     stream: bool
     credential: str | None = None          # the key the client presented (never logged, never forwarded)
+    raw_body: bytes | None = None          # the client's body bytes, for a target that speaks its protocol
+    pinned_provider: str | None = None     # only this provider can serve the call (it holds its conversation)
     endpoint: str = "chat.completions"     # or "embeddings", "responses", "messages", ...
     ingress: str = "rest"
     request_id: str = field(default_factory=lambda: f"req_{getrandbits(96):024x}")

@@ -61,6 +61,20 @@ class ProxyError(Exception):
         """The error as the last SSE event of a stream that already started."""
         return b"event: error\ndata: " + self.body() + b"\n\n"
 
+    def anthropic_body(self) -> bytes:
+        """Anthropic's envelope, `{"type": "error", "error": {"type", "message"}}`, typed by the status."""
+        etype = ANTHROPIC_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
+        return orjson.dumps({"type": "error", "error": {"type": etype, "message": self.message}})
+
+    def anthropic_sse(self) -> bytes:
+        return b"event: error\ndata: " + self.anthropic_body() + b"\n\n"
+
+
+# HTTP status -> Anthropic's error type (its docs' table); other 4xx are invalid_request_error, 5xx api_error.
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+                   403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                   429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error"}
+
 
 class InvalidRequest(ProxyError):
     status = 400

@@ -39,6 +39,7 @@ from proxy.routing.router import Router
 
 if TYPE_CHECKING:
     from proxy.cost.accounting import Accounting
+    from proxy.ingress.responses_store import ResponsesStore
     from proxy.keyservice import KeyStore
     from proxy.pipeline.accounting import AccountingStage
     from proxy.pipeline.cache import CacheStage
@@ -69,6 +70,7 @@ class Gateway:
     accounting: Accounting | None = None  # prices, usage ledger writer, budgets, alerts (/v1/usage, /admin/budgets)
     accounting_stage: AccountingStage | None = None   # price -> record -> settle at each call's end
     limits: RateLimitStage | None = None  # rate limits and quotas (GET /v1/quota, Redis client lifecycle)
+    responses: ResponsesStore | None = None   # stored Responses API conversations (previous_response_id)
     open: dict[ChatCall, asyncio.Task | None] = field(default_factory=dict)   # begun calls -> their task
     ending: set[asyncio.Task] = field(default_factory=set)   # ends still settling (awaited on shutdown)
 

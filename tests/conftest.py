@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy.app import build_app
 from proxy.config import Config, parse
+from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 
 MASTER = "sk-test-master-0123456789"
@@ -46,6 +47,13 @@ def start_proxy(aiohttp_server) -> StartProxy:
 async def fake_openai(aiohttp_server) -> FakeOpenAI:
     fake = FakeOpenAI()
     fake.server = await aiohttp_server(fake.app)
+    return fake
+
+
+@pytest.fixture
+async def fake_anthropic(aiohttp_server) -> FakeAnthropic:
+    fake = FakeAnthropic()
+    fake.server = await aiohttp_server(fake.app)  # type: ignore[attr-defined]
     return fake
 
 

@@ -41,7 +41,7 @@ async def create_batch(request: web.Request) -> web.Response:
     key = await caller(request)
     body = decode_json(await request.read())
     endpoint = body.get("endpoint")
-    if endpoint not in ENDPOINTS:
+    if not isinstance(endpoint, str) or endpoint not in ENDPOINTS:
         raise InvalidRequest(f"Invalid 'endpoint': expected one of {', '.join(ENDPOINTS)}.", param="endpoint",
                              code="invalid_value")
     if body.get("completion_window") != "24h":

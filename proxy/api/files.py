@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from proxy.api.jobs import caller, runner
 from proxy.context import Principal
@@ -62,6 +63,9 @@ async def create_file(request: web.Request) -> web.Response:
     except TimeoutError:
         raise ProxyError(f"The request body did not arrive within {seconds:g}s.", status=408,
                          type="invalid_request_error", code="request_timeout") from None
+    except (ValueError, HttpProcessingError):           # no boundary, a part cut short, a bad part header
+        raise InvalidRequest("The multipart/form-data body is malformed.", param="file",
+                             code="invalid_multipart") from None
     if data is None:
         raise InvalidRequest("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
     if purpose != "batch":

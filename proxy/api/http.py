@@ -1,5 +1,6 @@
 """The only aiohttp middleware: request id, CORS, the request body's type and deadline, and rendering
-every error as OpenAI's JSON envelope (with the CORS headers, so a browser app can read it)."""
+every error in the client protocol's envelope (with the CORS headers, so a browser app can read it):
+OpenAI's JSON, or Anthropic's on a route registered with `anthropic_route`."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ log = logging.getLogger("proxy.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 REQUEST_ID = web.RequestKey("request_id", str)
 CORS_HEADERS = web.RequestKey("cors_headers", dict)
+ANTHROPIC_ROUTES = web.AppKey("anthropic_routes", set)     # resources whose errors use Anthropic's envelope
 
 EXPOSED = ("x-request-id, x-llm-provider, x-llm-upstream-model, x-llm-attempts, x-llm-cache, x-llm-cost, "
            "x-llm-dropped-params, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, "
@@ -27,14 +29,27 @@ EXPOSED = ("x-request-id, x-llm-provider, x-llm-upstream-model, x-llm-attempts, 
            "x-ratelimit-reset-tokens, retry-after")
 
 
-def error_response(err: ProxyError, request_id: str, extra: dict[str, str] | None = None) -> web.Response:
+def error_response(err: ProxyError, request_id: str, extra: dict[str, str] | None = None,
+                   anthropic: bool = False) -> web.Response:
     headers = {**err.headers, "x-request-id": request_id}
     if extra:
         headers.update(extra)
-    resp = web.Response(body=err.body(), status=err.status, content_type="application/json", headers=headers)
+    resp = web.Response(body=err.anthropic_body() if anthropic else err.body(), status=err.status,
+                        content_type="application/json", headers=headers)
     if err.status == 408:
         resp.force_close()          # the rest of the body may still come: this connection is done
     return resp
+
+
+def anthropic_route(app: web.Application, resource: web.AbstractResource) -> None:
+    """Every error on `resource` (its handler's, the body checks', a 405) is rendered in Anthropic's
+    envelope: the route says so once, where it is registered."""
+    app.setdefault(ANTHROPIC_ROUTES, set()).add(resource)
+
+
+def _anthropic(request: web.Request) -> bool:
+    routes = request.app.get(ANTHROPIC_ROUTES)
+    return routes is not None and request.match_info.route.resource in routes
 
 
 def new_request_id() -> str:
@@ -58,9 +73,9 @@ def edge(*, cors_origins: list[str] | tuple[str, ...] = (), body_timeout: float 
          on_denied: Denied | None = None, throttle: AuthThrottle | None = None) -> Middleware:
     """The one middleware: a request id on every answer; CORS (preflights answered, a disallowed origin's
     preflight 403, the headers on every answer to an allowed origin, errors included); the body checked
-    (JSON only, whole within `body_timeout`); every error as OpenAI's JSON envelope. `on_denied` sees each
-    401/403 and each throttled auth failure (the audit log records them); `throttle` turns an address's
-    bad keys past its limit into 429. One frame, not one per concern: it wraps every request."""
+    (JSON only, whole within `body_timeout`); every error in its envelope (OpenAI's, or Anthropic's on an
+    `anthropic_route`). `on_denied` sees each 401/403 and each throttled auth failure (the audit log records
+    them); `throttle` turns an address's bad keys past its limit into 429. One frame, not one per concern: it wraps every request."""
     allow_any = "*" in cors_origins
     allowed = frozenset(cors_origins)
 
@@ -93,27 +108,28 @@ def edge(*, cors_origins: list[str] | tuple[str, ...] = (), body_timeout: float 
                                 code="auth_throttled", headers={"retry-after": str(wait)})
             if on_denied is not None and (e.status in (401, 403) or e.code == "auth_throttled"):
                 on_denied(request, e)
-            return error_response(e, rid, cors_headers)
+            return error_response(e, rid, cors_headers, _anthropic(request))
         except web.HTTPRequestEntityTooLarge:
             limit = request.app[GATEWAY].config.server.max_body_bytes
             return error_response(PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes."), rid,
-                                  cors_headers)
+                                  cors_headers, _anthropic(request))
         except web.HTTPException as e:
             if e.status == 404:
                 return error_response(NotFound(f"Unknown request URL: {request.method} {request.path}."), rid,
-                                      cors_headers)
+                                      cors_headers, _anthropic(request))
             if e.status == 405:
                 return error_response(ProxyError(f"Method {request.method} is not allowed on {request.path}.",
                                                  status=405, type="invalid_request_error",
-                                                 code="method_not_allowed"), rid, cors_headers)
+                                                 code="method_not_allowed"), rid, cors_headers,
+                                      _anthropic(request))
             if e.status >= 400:
                 return error_response(ProxyError(e.reason, status=e.status, type="invalid_request_error"), rid,
-                                      cors_headers)
+                                      cors_headers, _anthropic(request))
             raise
         except Exception:
             log.exception("unhandled error on %s %s (request %s)", request.method, request.path, rid)
             return error_response(ProxyError("The server had an error while processing your request."), rid,
-                                  cors_headers)
+                                  cors_headers, _anthropic(request))
         if not resp.prepared:
             resp.headers.setdefault("x-request-id", rid)
             if cors_headers is not None:

@@ -65,8 +65,8 @@ class Tokenizer:
         return (len(text) + 3) // 4
 
     def count_prompt(self, model: str, body: dict[str, Any], endpoint: str) -> int:
-        if endpoint == "embeddings":
-            inp = body.get("input")
+        if endpoint in ("embeddings", "completions"):     # legacy completions: `prompt`, the same shapes
+            inp = body.get("input" if endpoint == "embeddings" else "prompt")
             items = inp if isinstance(inp, list) else [inp]
             n = 0
             for x in items:
@@ -108,8 +108,8 @@ def prompt_text(body: dict[str, Any]) -> str:
 def prompt_upper_bound(body: dict[str, Any], endpoint: str) -> int:
     """A bound no byte-level BPE count can exceed: one token per UTF-8 byte of every part sent (images
     and other non-text parts counted by their JSON size), plus per-message overhead. Cheap: no tokenizer."""
-    if endpoint == "embeddings":
-        inp = body.get("input")
+    if endpoint in ("embeddings", "completions"):
+        inp = body.get("input" if endpoint == "embeddings" else "prompt")
         items = inp if isinstance(inp, list) else [inp]
         return sum(len(x.encode()) if isinstance(x, str) else len(x) if isinstance(x, list) else 1
                    for x in items)
@@ -133,7 +133,8 @@ def prompt_upper_bound(body: dict[str, Any], endpoint: str) -> int:
 def streamed_text(chunks: list[bytes]) -> str:
     """The text deltas of the OpenAI SSE bytes relayed so far (for estimating a cut stream's completion).
     Each event is parsed as JSON, so any spacing the upstream used counts (a regex once missed
-    `"content": "..."` with a space and recorded 0 tokens). Runs only when the usage never came."""
+    `"content": "..."` with a space and recorded 0 tokens). Runs only when the usage never came. Legacy
+    completions' `choices[].text` and a passed-through Anthropic stream's deltas count too."""
     out: list[str] = []
     for line in b"".join(chunks).splitlines():
         if not line.startswith(b"data:"):
@@ -142,7 +143,16 @@ def streamed_text(chunks: list[bytes]) -> str:
             event = orjson.loads(line[5:])
         except orjson.JSONDecodeError:
             continue                          # [DONE], or the event the cut split
-        for ch in event.get("choices") or () if isinstance(event, dict) else ():
+        if not isinstance(event, dict):
+            continue
+        top = event.get("delta")
+        if isinstance(top, dict):                 # Anthropic: text_delta, thinking_delta, input_json_delta
+            for name in ("text", "thinking", "partial_json"):
+                if isinstance(v := top.get(name), str):
+                    out.append(v)
+        for ch in event.get("choices") or ():
+            if isinstance(ch, dict) and isinstance(ch.get("text"), str):
+                out.append(ch["text"])            # a legacy completion's chunk
             delta = ch.get("delta") if isinstance(ch, dict) else None
             if not isinstance(delta, dict):
                 continue

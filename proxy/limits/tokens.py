@@ -35,7 +35,7 @@ class TokenEstimator:
         body = call.body
         if call.endpoint == "embeddings":
             return self.count_inputs(body.get("input"))
-        n = 0
+        n = self.count_inputs(body.get("prompt")) if call.endpoint == "completions" else 0
         parts: list[str] = []
         messages = body.get("messages")
         for m in messages if isinstance(messages, list) else ():

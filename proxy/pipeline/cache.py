@@ -24,7 +24,9 @@ from proxy.routing.models import ModelCatalog
 from proxy.streaming.chunks import DONE, wants_usage
 
 log = logging.getLogger("proxy.cache")
-ENDPOINTS = frozenset({"chat.completions", "embeddings"})
+# Messages and Responses calls are cached in their chat form (converted replies; the ingress renders a hit
+# like any other reply); a pass-through target's native answer is never stored.
+ENDPOINTS = frozenset({"chat.completions", "embeddings", "messages", "responses"})
 HEADER = "x-llm-cache"
 
 
@@ -88,7 +90,7 @@ class CacheStage:
         h[HEADER], h["x-llm-cache-key"] = "MISS", key
         call.cache = "miss"
         reply = await next(call)
-        if not ctl.store or reply.status != 200:
+        if not ctl.store or reply.status != 200 or reply.native:
             return reply
         if reply.chunks is None:
             if reply.body is not None and len(reply.body) <= self.cfg.max_entry_bytes:

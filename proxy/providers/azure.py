@@ -46,7 +46,7 @@ class AzureProvider(OpenAIProvider):
     def to_wire(self, call: ChatCall, target: Target) -> WireRequest:
         wire = super().to_wire(call, target)    # the body as OpenAI's; Azure ignores its `model`
         deployment = quote(self.azure.deployment or target.model, safe="")
-        op = "embeddings" if call.endpoint == "embeddings" else "chat/completions"
+        op = call.endpoint if call.endpoint in ("embeddings", "completions") else "chat/completions"
         wire.url = f"{self.base}/openai/deployments/{deployment}/{op}{self.query}"
         return wire
 

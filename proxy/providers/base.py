@@ -25,6 +25,7 @@ class WireRequest(msgspec.Struct, kw_only=True):
     body: bytes | None = None
     dropped: list[str] = []        # request params not sent because the target does not accept them
     raw_url: bool = False          # url is percent-encoded exactly as it must be sent (SigV4 signs the path)
+    native: bool = False           # the client's own protocol passed through: the reply is not OpenAI chat
 
 
 class NoSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

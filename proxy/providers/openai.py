@@ -15,7 +15,9 @@ import orjson
 from proxy.config import ProviderConfig, Target
 from proxy.context import ChatCall, Usage, usage_from_openai
 from proxy.errors import UpstreamError, upstream_error_for_status
+from proxy.ingress.model_swap import with_model
 from proxy.providers.base import WireRequest, retry_after_seconds
+from proxy.providers.openai_responses import NativeResponsesStream, is_native, read_response
 from proxy.streaming.chunks import wants_usage
 
 # Fields of the seed's request schema that are ours, not the provider's.
@@ -57,11 +59,15 @@ class OpenAISettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     chat_path: str = "/chat/completions"
     embeddings_path: str = "/embeddings"
     models_path: str = "/models"
+    responses: bool = False        # the upstream serves the Responses API: /v1/responses passes through
+    responses_path: str = "/responses"
+    completions_path: str = "/completions"   # legacy text completions
 
 
 class OpenAIProvider:
     Settings = OpenAISettings
     transport = "http"
+    legacy_completions = True      # serves POST /v1/completions (the router skips providers that do not)
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
@@ -72,13 +78,21 @@ class OpenAIProvider:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
 
     def to_wire(self, call: ChatCall, target: Target) -> WireRequest:
+        if is_native(call, self.settings.responses):
+            assert call.raw_body is not None
+            return WireRequest(url=self.base + self.settings.responses_path, headers=self.headers,
+                               body=with_model(call.raw_body, target.model), native=True)
         body = upstream_body(call, target.model)
         if call.stream and self.settings.stream_usage and not wants_usage(body):
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        path = self.settings.embeddings_path if call.endpoint == "embeddings" else self.settings.chat_path
+        s = self.settings
+        path = (s.embeddings_path if call.endpoint == "embeddings" else
+                s.completions_path if call.endpoint == "completions" else s.chat_path)
         return WireRequest(url=self.base + path, headers=self.headers, body=orjson.dumps(body))
 
     def from_wire(self, status: int, body: bytes, call: ChatCall, target: Target) -> tuple[bytes, Usage]:
+        if is_native(call, self.settings.responses):
+            return body, read_response(body, call)
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -90,7 +104,9 @@ class OpenAIProvider:
     def error_from_wire(self, status: int, body: bytes, headers: Any) -> UpstreamError:
         return openai_error(self.config.name, status, body, headers)
 
-    def new_stream(self, call: ChatCall, target: Target) -> PassthroughStream:
+    def new_stream(self, call: ChatCall, target: Target) -> PassthroughStream | NativeResponsesStream:
+        if is_native(call, self.settings.responses):
+            return NativeResponsesStream(call)
         strip = self.settings.stream_usage and not wants_usage(call.body)
         return PassthroughStream(strip_usage=strip)
 

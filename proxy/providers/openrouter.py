@@ -69,7 +69,8 @@ class OpenRouterProvider(OpenAIProvider):
         await self.params.ensure(target.model, transport)
 
     def to_wire(self, call: ChatCall, target: Target) -> WireRequest:
-        supported = self.params.lookup(target.model) if call.endpoint == "chat.completions" else None
+        supported = (self.params.lookup(target.model) if call.endpoint not in ("embeddings", "completions")
+                     else None)
         drop = unsupported(call.body, supported) if supported is not None else []
         if not drop:
             return super().to_wire(call, target)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from proxy.config import ModelConfig
 from proxy.context import ChatCall, Plan, Principal
-from proxy.errors import Forbidden
+from proxy.errors import Forbidden, InvalidRequest
 from proxy.routing.balance import ordered
 from proxy.routing.health import Health
 from proxy.routing.models import ModelCatalog
@@ -55,5 +55,11 @@ class Planner:
                 fb = self.models.resolve(name)
                 if may_use(key, name, fb):           # a fallback the key may not use is skipped
                     targets.extend(ordered(fb, self.health))
+        if call.pinned_provider is not None:
+            targets = [t for t in targets if t.provider == call.pinned_provider]
+            if not targets:
+                raise InvalidRequest(f"Previous response was created by provider '{call.pinned_provider}', which "
+                                     f"model '{call.model}' does not route to.", param="previous_response_id",
+                                     code="previous_response_not_found")
         name = f"{model.name}@{model.version}" if model.version else model.name
         return Plan(model, name, targets)

@@ -185,6 +185,10 @@ class Router:
             prepare = getattr(backend.provider, "prepare", None)
             if prepare is not None:
                 await prepare(target, backend.transport)   # e.g. fetch a model's supported params (cached)
+            if call.endpoint == "completions" and not getattr(backend.provider, "legacy_completions", False):
+                raise UpstreamError(f"Provider '{target.provider}' has no legacy completions endpoint; use "
+                                    "/v1/chat/completions.", status=400, type="invalid_request_error",
+                                    code="unsupported_endpoint", param="model")   # the next target may have one
             wire = backend.provider.to_wire(call, target)
             if not self.attempt_scopes:
                 reply = await self._send(call, target, backend, wire)
@@ -247,7 +251,7 @@ class Router:
                     if resp.status >= 400:
                         raise backend.provider.error_from_wire(resp.status, body, resp.headers)
                     out, call.usage = backend.provider.from_wire(resp.status, body, call, target)
-                    return Reply(body=out, headers=headers)
+                    return Reply(body=out, headers=headers, native=wire.native)
                 phase = "sent no first chunk"
                 timer.reschedule(loop.time() + max(0.0, min(first_byte_limit, deadline - loop.time())))
                 translator = RedactingStream(backend.provider.new_stream(call, target), self.redactor)
@@ -271,4 +275,4 @@ class Router:
                 resp.release()
             raise
         return Reply(chunks=relay(call, resp, chunks, first, translator, t.idle, deadline),
-                     headers=headers, content_type="text/event-stream")
+                     headers=headers, content_type="text/event-stream", native=wire.native)

@@ -229,6 +229,16 @@ STEPS: list[Step] = [
     Step(5, "the ingress of each usage event", sql=(
         "ALTER TABLE usage_events ADD COLUMN ingress TEXT",
     )),
+    Step(6, "stored responses (Responses API store: true)", sql=(
+        """CREATE TABLE stored_responses (
+            tenant TEXT NOT NULL,
+            id TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (tenant, id))""",
+        "CREATE INDEX stored_responses_expires ON stored_responses (expires_at)",
+    )),
 ]
 
 

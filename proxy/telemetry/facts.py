@@ -13,7 +13,8 @@ import msgspec
 from proxy.context import ChatCall
 
 # gen_ai.operation.name for each endpoint (OpenTelemetry GenAI semantic conventions).
-OPERATIONS = {"chat.completions": "chat", "embeddings": "embeddings", "completions": "text_completion"}
+OPERATIONS = {"chat.completions": "chat", "embeddings": "embeddings", "completions": "text_completion",
+              "messages": "chat", "responses": "chat"}
 # gen_ai.provider.name well-known values, by our provider `type`.
 PROVIDER_NAMES = {"bedrock": "aws.bedrock", "gemini": "gcp.gemini", "vertex": "gcp.vertex_ai",
                   "azure": "azure.ai.openai", "mistral": "mistral_ai"}

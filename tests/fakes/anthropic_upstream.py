@@ -49,10 +49,17 @@ class FakeAnthropic:
         self.usage = {"input_tokens": 21, "output_tokens": 6, "cache_read_input_tokens": 0,
                       "cache_creation_input_tokens": 0}
         self.requests: list[dict[str, Any]] = []
+        self.raw: list[bytes] = []          # each request body's bytes, as they arrived
+        self._sent: list[bytes] = []        # the last stream's writes (see `streamed`)
         self.headers: list[dict[str, str]] = []
         self.app = web.Application()
         self.app.router.add_post("/v1/messages", self.messages)
         self.app.router.add_get("/v1/models", self.models)
+
+    @property
+    def streamed(self) -> bytes:
+        """The bytes of the last stream, as they were sent."""
+        return b"".join(self._sent)
 
     def _auth(self, request: web.Request) -> web.Response | None:
         if request.headers.get("x-api-key") != self.api_key:
@@ -69,7 +76,8 @@ class FakeAnthropic:
                                   "last_id": model["id"]})
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        self.raw.append(await request.read())
+        body = orjson.loads(self.raw[-1])
         self.requests.append(body)
         self.headers.append(dict(request.headers))
         denied = self._auth(request)
@@ -120,6 +128,13 @@ class FakeAnthropic:
                       stop: str) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        sent = self._sent = []
+        send = resp.write
+
+        async def write(data: bytes) -> None:
+            sent.append(data)
+            await send(data)
+        resp.write = write  # type: ignore[method-assign]
         start_usage = {**self.usage, "output_tokens": 1}
         await resp.write(sse("message_start", {"type": "message_start", "message": {
             "id": "msg_fake01", "type": "message", "role": "assistant", "model": body["model"], "content": [],

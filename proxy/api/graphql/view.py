@@ -3,6 +3,7 @@ connection_init, graphql-transport-ws only, and the per-connection caps from `gr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -45,7 +46,12 @@ class GatewayGraphQLView(GraphQLView):
             return out if isinstance(out, str) else out.decode()
 
     def decode_json(self, data: str | bytes) -> object:
-        return orjson.loads(data)
+        """A body (or frame) that is JSON but not an object or a batch array is refused like bad JSON
+        (strawberry answers that 400; it would fail with a 500 on, say, a bare string)."""
+        value = orjson.loads(data)
+        if not isinstance(value, dict | list):
+            raise json.JSONDecodeError("expected a JSON object", data if isinstance(data, str) else "", 0)
+        return value
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """strawberry answers a malformed request (bad JSON, no query, a mutation over GET) in plain text;

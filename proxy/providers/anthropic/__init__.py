@@ -15,6 +15,8 @@ import orjson
 from proxy.config import ProviderConfig, Target
 from proxy.context import ChatCall, Usage
 from proxy.errors import InvalidRequest, UpstreamError
+from proxy.ingress.model_swap import with_model
+from proxy.providers.anthropic.passthrough import NativeStream, is_native, native_headers, read_message
 from proxy.providers.anthropic.request import accepted_params, answer_tool_name, build_body, unsupported
 from proxy.providers.anthropic.response import error_from_body, message_from_wire, usage_from_anthropic
 from proxy.providers.anthropic.stream import AnthropicStream
@@ -45,9 +47,13 @@ class AnthropicProvider:
             self.headers["x-api-key"] = config.api_key
 
     def to_wire(self, call: ChatCall, target: Target) -> WireRequest:
-        if call.endpoint != "chat.completions":
+        if call.endpoint == "embeddings":
             raise InvalidRequest(f"Provider '{self.config.name}' (Anthropic) has no {call.endpoint} endpoint; "
                                  "Anthropic offers no embeddings.", param="model", code="unsupported_endpoint")
+        if is_native(call):
+            assert call.raw_body is not None
+            return WireRequest(url=self.base + "/v1/messages", headers=native_headers(call, self.headers),
+                               body=with_model(call.raw_body, target.model), native=True)
         body = upstream_body(call, target.model)
         dropped = unsupported(body, self.accepted)
         if dropped and self.config.unsupported_params == "reject":
@@ -60,6 +66,8 @@ class AnthropicProvider:
                            dropped=dropped)
 
     def from_wire(self, status: int, body: bytes, call: ChatCall, target: Target) -> tuple[bytes, Usage]:
+        if is_native(call):
+            return body, read_message(body, call)
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -75,7 +83,9 @@ class AnthropicProvider:
     def error_from_wire(self, status: int, body: bytes, headers: Any) -> UpstreamError:
         return error_from_body(self.config.name, status, body, retry_after_seconds(headers))
 
-    def new_stream(self, call: ChatCall, target: Target) -> AnthropicStream:
+    def new_stream(self, call: ChatCall, target: Target) -> AnthropicStream | NativeStream:
+        if is_native(call):
+            return NativeStream()
         return AnthropicStream(target.model, wants_usage(call.body), answer_tool_name(call.body))
 
     def health_request(self) -> WireRequest | None:
