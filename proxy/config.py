@@ -13,16 +13,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from proxy.config_checks import ConfigError as ConfigError  # re-exported: callers catch it from here
+from proxy.config_checks import check
+from proxy.config_checks import in_memory as in_memory
 from proxy.cost.config import AccountingConfig, BudgetsConfig, PriceConfig
-
-
-class ConfigError(Exception):
-    """Config problems, each phrased as `path: what is wrong`; str() is one line per problem."""
-
-    def __init__(self, *problems: str) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = list(problems)
-
 
 _NonNeg = Annotated[float, msgspec.Meta(ge=0)]
 _Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -362,8 +356,6 @@ def _try(problems: list[str], raw: Any, typ: type, prefix: str) -> Any:
 def parse(raw: Any, env: dict[str, str] | None = None) -> Config:
     """Validate a decoded YAML document into a Config, or raise ConfigError with every problem found:
     each provider and each top-level section is checked on its own, then the cross-field rules."""
-    from proxy.config_checks import check
-
     if raw is None:
         raise ConfigError("<root>: the file is empty (expected at least `providers:` and `models:`)")
     if not isinstance(raw, dict):
@@ -439,10 +431,6 @@ def resolve_paths(cfg: Config, folder: Path) -> Config:
     if server.dev_key_file and not Path(server.dev_key_file).is_absolute():
         server = msgspec.structs.replace(server, dev_key_file=str((folder / server.dev_key_file).resolve()))
     return msgspec.structs.replace(cfg, storage=storage, server=server)
-
-
-def in_memory(database: str) -> bool:
-    return database.startswith("sqlite:") and database.removeprefix("sqlite://").lstrip("/") == ":memory:"
 
 
 def sqlite_file(database: str) -> str | None:

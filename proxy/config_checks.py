@@ -2,6 +2,7 @@
 
 Kept apart from proxy/config.py (the Structs and the loader) so every problem in a file is reported at
 once, by `check-config` and at start-up alike, instead of the first one and then the next on the next run.
+proxy/config.py imports this module (and re-exports ConfigError), never the other way round.
 """
 
 from __future__ import annotations
@@ -13,6 +14,18 @@ if TYPE_CHECKING:
     from proxy.config import Config, LimitRule, LimitsConfig
 
 _LEVELS = ("debug", "info", "warning", "warn", "error", "critical")
+
+
+class ConfigError(Exception):
+    """Config problems, each phrased as `path: what is wrong`; str() is one line per problem."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+def in_memory(database: str) -> bool:
+    return database.startswith("sqlite:") and database.removeprefix("sqlite://").lstrip("/") == ":memory:"
 
 
 def check(cfg: Config, provider_names: set[str], index: list[int], problems: list[str]) -> None:
@@ -90,7 +103,6 @@ def _check_models(cfg: Config, provider_names: set[str], index: list[int], probl
 
 
 def _check_server(cfg: Config, problems: list[str]) -> None:
-    from proxy.config import in_memory
 
     if not 0 <= cfg.server.port < 65536:      # 0: an ephemeral port, printed at start
         problems.append("server.port: must be between 0 and 65535")
@@ -145,7 +157,6 @@ def _check_telemetry(cfg: Config, problems: list[str]) -> None:
 
 def adapter_problems(cfg: Config) -> list[str]:
     """What building each provider's adapter would refuse at start-up (a bad regex, a missing library)."""
-    from proxy.config import ConfigError
     from proxy.providers.registry import provider_class
 
     problems: list[str] = []
