@@ -1,10 +1,12 @@
 """The dashboard end to end in Debian's chromium, driven by Playwright (never a downloaded browser):
-sign in, the overview's request count equals the ledger's, every page renders, a key is created and
-revoked, the playground streams, the login survives a reload and logout forgets it; no console errors.
+sign in, the overview's request count equals the ledger's, every page renders (budgets with the alerts
+fired), a key is created and revoked, the playground streams, the login survives a reload and logout
+forgets it; no console errors.
 Screenshots of each page land in the test's tmp dir (and one of the failure, if any)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -46,12 +48,19 @@ async def test_dashboard_end_to_end(start_proxy, fake_openai, browser, tmp_path)
         storage={"database": f"sqlite:///{tmp_path}/l.db"})
     server = await start_proxy(cfg)
     url = str(server.make_url(""))
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key=MASTER)
-    for _ in range(3):
-        await client.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "hi"}])
-    await client.close()
-    st, _, _ = await request(url, "POST", "/admin/budgets", {"id": "team-a", "amount_usd": 5, "period": "monthly"})
+    # A soft budget of $0.000001: the first call under it crosses every default threshold (50, 80, 100%).
+    st, _, _ = await request(url, "POST", "/admin/budgets", {"id": "team-a", "amount_usd": 0.000001,
+                                                             "period": "monthly", "hard": False})
     assert st == 200
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key=MASTER)
+    for i in range(3):
+        under = {"metadata": {"budget_id": "team-a"}} if i == 0 else {}
+        await client.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "hi"}], **under)
+    await client.close()
+    deadline = time.monotonic() + 5                       # alerts are recorded in the background
+    while len((await request(url, "GET", "/admin/budgets/team-a"))[1]["alerts"]) < 3:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
     st, vkey, _ = await request(url, "POST", "/admin/keys", {"name": "viewer"})
     assert st == 200
     own = openai.AsyncOpenAI(base_url=url + "/v1", api_key=vkey["key"])
@@ -79,6 +88,8 @@ async def test_dashboard_end_to_end(start_proxy, fake_openai, browser, tmp_path)
         await tid("nav-budgets").click()
         await tid("budget-row").first.wait_for()
         assert "team-a" in await tid("budget-row").first.inner_text()
+        fired = await tid("budget-row").first.get_by_test_id("budget-alerts").inner_text()
+        assert re.findall(r"(\d+)%", fired) == ["50", "80", "100"], fired
         await page.screenshot(path=tmp_path / "budgets.png", full_page=True)
 
         await tid("nav-providers").click()

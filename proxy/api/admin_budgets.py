@@ -1,4 +1,5 @@
-"""/admin/budgets: create, list, read (with the current period's spend), update, delete. Master key only.
+"""/admin/budgets: create, list, read (with the current period's spend and alerts fired), update, delete.
+Master key only.
 
 Create body: `id`, `amount_usd`, `period` (daily|weekly|monthly|total), `scope` (key|source|team|global),
 `hard` (default true), `name`. Keys refer to a budget by `budget_id`; requests by `metadata.budget_id`.
@@ -21,7 +22,7 @@ from proxy.cost.prices import usd, usd_to_nanos
 from proxy.errors import InvalidRequest, NotFound, Unavailable
 from proxy.gateway import GATEWAY
 from proxy.store import budgets as sql
-from proxy.store.budgets import PERIODS, SCOPES, Budget
+from proxy.store.budgets import PERIODS, SCOPES, Budget, FiredAlert
 from proxy.store.rollups import GROUP_COLS
 
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -103,7 +104,13 @@ async def budget_json(acct: Accounting, b: Budget) -> dict[str, Any]:
         else:
             from proxy.store.usage import spent_since
             out["spent_usd"], out["reserved_usd"] = usd(await spent_since(acct.ledger, b.id, start, None, None)), 0.0
+    out["alerts"] = [alert_json(a) for a in await sql.alerts_in_period(acct.ledger, b.id, start)]
     return out
+
+
+def alert_json(a: FiredAlert) -> dict[str, Any]:
+    return {"threshold": a.threshold, "spent_usd": usd(a.spent_nanos), "scope_value": a.scope_value,
+            "period_start": iso(a.period_start), "fired_at": a.fired_at}
 
 
 def _json(obj: Any) -> web.Response:

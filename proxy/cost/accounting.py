@@ -113,7 +113,7 @@ class Accounting:
             redis = config.storage.redis
             reservations = RedisReservations(redis, self.bcfg.redis_prefix) if redis else LocalReservations()
         self.reservations = reservations
-        self.alerter = Alerter(self.bcfg.alerts)
+        self.alerter = Alerter(self.bcfg.alerts, ledger)
         self.providers = {name: p.type for name, p in config.providers.items()}
 
     def start(self) -> None:
@@ -127,4 +127,5 @@ class Accounting:
     def stats(self) -> dict[str, Any]:
         w = self.writer
         return {"written": w.written, "pending": w.pending, "dropped": w.dropped, "write_failures": w.failures,
-                "alerts_failed": self.alerter.failed}
+                "alerts_failed": self.alerter.failed,
+                "alerts_unrecorded": self.alerter.record_failures}

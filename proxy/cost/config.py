@@ -35,7 +35,7 @@ class AccountingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
 
 
 class AlertsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    webhook_url: str = ""                   # POSTed a JSON event per crossing; empty: log lines only
+    webhook_url: str = ""                   # POSTed a JSON event per crossing; empty: log line + ledger row only
     thresholds: tuple[float, ...] = (50.0, 80.0, 100.0)   # percent of the budget's amount
     timeout: float = 5.0                    # seconds per webhook try
     max_tries: int = 5                      # tries with exponential backoff before giving up (logged)

@@ -67,3 +67,35 @@ async def update(ledger: Ledger, budget_id: str, fields: dict[str, Any]) -> Budg
 
 async def delete(ledger: Ledger, budget_id: str) -> None:
     await ledger.execute("DELETE FROM budgets WHERE id = ?", budget_id)
+
+
+class FiredAlert(msgspec.Struct, frozen=True, kw_only=True):
+    """A threshold a budget's pool crossed in a period (recorded once, however many replicas saw it)."""
+
+    budget_id: str
+    scope_value: str             # '*' for a global budget; else the key id, source id or team
+    period_start: int            # unix seconds (UTC) the period began
+    threshold: float             # percent of the amount
+    spent_nanos: int             # settled spend when it fired
+    fired_at: float
+
+
+_ALERT_COLS = ("budget_id", "scope_value", "period_start", "threshold", "spent_nanos", "fired_at")
+
+
+async def record_alerts(ledger: Ledger, alerts: list[FiredAlert]) -> None:
+    if alerts:
+        await ledger.executemany(
+            f"INSERT INTO budget_alerts ({', '.join(_ALERT_COLS)}) VALUES ({', '.join('?' * len(_ALERT_COLS))}) "
+            "ON CONFLICT (budget_id, period_start, scope_value, threshold) DO NOTHING",
+            [(a.budget_id, a.scope_value, int(a.period_start), float(a.threshold), int(a.spent_nanos),
+              float(a.fired_at)) for a in alerts])
+
+
+async def alerts_in_period(ledger: Ledger, budget_id: str, start: float) -> list[FiredAlert]:
+    """The period's alerts in the order they fired (the primary key's prefix: an indexed read)."""
+    rows = await ledger.fetch(f"SELECT {', '.join(_ALERT_COLS)} FROM budget_alerts "
+                              "WHERE budget_id = ? AND period_start = ? ORDER BY fired_at, threshold",
+                              budget_id, int(start))
+    return [FiredAlert(budget_id=r[0], scope_value=r[1], period_start=int(r[2]), threshold=float(r[3]),
+                       spent_nanos=int(r[4]), fired_at=float(r[5])) for r in rows]

@@ -239,6 +239,17 @@ STEPS: list[Step] = [
             PRIMARY KEY (tenant, id))""",
         "CREATE INDEX stored_responses_expires ON stored_responses (expires_at)",
     )),
+    # One row per crossing: the key makes recording idempotent (replicas without a shared counter, retries).
+    Step(7, "fired budget alerts", sql=(
+        """CREATE TABLE budget_alerts (
+            budget_id TEXT NOT NULL,
+            scope_value TEXT NOT NULL,
+            period_start BIGINT NOT NULL,
+            threshold DOUBLE PRECISION NOT NULL,
+            spent_nanos BIGINT NOT NULL,
+            fired_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (budget_id, period_start, scope_value, threshold))""",
+    )),
 ]
 
 

@@ -1,4 +1,4 @@
-// Master-key pages: budgets (spend against amount), providers (breaker, in flight, latency, errors) and
+// Master-key pages: budgets (spend against amount, alerts fired), providers (breaker, in flight, latency, errors) and
 // keys (create with the secret shown once, revoke after a confirmation, rotate).
 import { api, fmt, h, showStatus, table } from "./dom.js";
 
@@ -15,10 +15,16 @@ export async function budgets(root) {
                  "aria-label": `${b.id} used` }, bar),
       h("span", {}, `${fmt.usd(b.spent_usd)} of ${fmt.usd(b.amount_usd)} (${(used * 100).toFixed(1)}%)`));
   };
+  // Each threshold crossed this period, once per pool (a key / source / team of a scoped budget says whose).
+  const alerts = (b) => (b.alerts || []).length === 0 ? h("span", { class: "muted" }, "none") :
+    h("ul", { class: "alerts" }, b.alerts.map((a) => h("li", { title: `${fmt.usd(a.spent_usd)} spent` },
+      `${a.threshold}%${a.scope_value === "*" ? "" : ` (${a.scope_value})`} at ` +
+      new Date(a.fired_at * 1000).toLocaleString([], { dateStyle: "short", timeStyle: "short" }))));
   root.replaceChildren(
     h("h1", {}, "Budgets"),
     h("p", { class: "muted" }, "Spend in the current period against each budget's amount; reserved is what calls in " +
-      "flight may still spend. Create budgets with POST /admin/budgets."),
+      "flight may still spend; alerts fired are the thresholds (budgets.alerts.thresholds) crossed this period. " +
+      "Create budgets with POST /admin/budgets."),
     table([
       { title: "Budget", cell: (b) => b.name ? `${b.name} (${b.id})` : b.id },
       { title: "Period", cell: (b) => `${b.period} since ${b.period_start.slice(0, 10)}` },
@@ -26,6 +32,7 @@ export async function budgets(root) {
       { title: "Spent", cell: meter },
       { title: "Reserved", num: true, cell: (b) => b.reserved_usd === undefined ? "–" : fmt.usd(b.reserved_usd) },
       { title: "Limit", cell: (b) => b.hard ? "hard" : "soft (alerts only)" },
+      { title: "Alerts fired", cell: alerts, attrs: { "data-testid": "budget-alerts" } },
     ], list.data, () => ({ "data-testid": "budget-row" })));
 }
 

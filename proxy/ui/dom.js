@@ -62,6 +62,6 @@ export function table(columns, rows, rowAttrs = () => ({})) {
   return h("table", {},
     h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.num ? "num" : null }, c.title)))),
     h("tbody", {}, rows.length ? rows.map((r) => h("tr", rowAttrs(r), columns.map((c) =>
-      h("td", { class: c.num ? "num" : null }, c.cell(r)))))
+      h("td", { class: c.num ? "num" : null, ...(c.attrs || {}) }, c.cell(r)))))
       : h("tr", {}, h("td", { colspan: columns.length, class: "muted" }, "Nothing yet."))));
 }

@@ -162,9 +162,11 @@ async def _budget(ctx: Context, acct: Accounting, b: Budget) -> t.Budget:
             spent = usd(await spent_since(acct.ledger, b.id, start, SCOPE_COLUMNS[b.scope], pool))
             reserved = 0.0
     remaining = None if spent is None else max(0.0, round(d["amount_usd"] - spent - (reserved or 0.0), 9))
+    mine = "*" if b.scope == "global" else (_pool(b.scope, who) or "").replace("|", "_")   # as counters name it
+    alerts = [t.BudgetAlert(**a) for a in d["alerts"] if who.is_master or a["scope_value"] == mine]
     return t.Budget(id=b.id, name=b.name, amount_usd=d["amount_usd"], period=b.period, scope=b.scope, hard=b.hard,
                     created_at=d["created_at"], updated_at=d["updated_at"], period_start=d["period_start"],
-                    spent_usd=spent, reserved_usd=reserved, remaining_usd=remaining)
+                    spent_usd=spent, reserved_usd=reserved, remaining_usd=remaining, alerts=alerts)
 
 
 async def budget_by_id(ctx: Context, bid: str) -> t.Budget | None:

@@ -37,6 +37,16 @@ class KeyLimits:
     max_concurrency: int | None
 
 
+@strawberry.type(description="A threshold crossed in the budget's current period (once per pool and period).")
+class BudgetAlert:
+    threshold: float = strawberry.field(description="Percent of the amount.")
+    spent_usd: float = strawberry.field(description="Settled spend when it fired.")
+    scope_value: str = strawberry.field(description="The pool: '*' for a global budget, else the key id, "
+                                        "source id or team.")
+    period_start: str
+    fired_at: float = strawberry.field(description="Unix seconds.")
+
+
 @strawberry.type
 class Budget:
     id: str
@@ -52,6 +62,8 @@ class Budget:
                                                "calling key's own pool); null when not known.")
     reserved_usd: float | None
     remaining_usd: float | None
+    alerts: list[BudgetAlert] = strawberry.field(description="Thresholds crossed this period (a virtual key "
+                                                 "sees its own pool's and a global budget's).")
 
     @strawberry.field(description="Keys that point at this budget (a virtual key sees only itself).")
     async def keys(self, info: Info) -> list[ApiKey]:
