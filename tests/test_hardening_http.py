@@ -4,6 +4,7 @@ bodies (415), CORS on every answer, slow headers and short bodies (deadlines shr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import aiohttp
@@ -112,34 +113,34 @@ async def _read_until_closed(reader: asyncio.StreamReader, within: float) -> byt
 
 
 async def test_slow_header_sockets_are_closed_at_the_header_deadline(start_proxy):
+    """20 sockets each send a header byte every 20 ms and never a blank line. The server closes each one
+    while it is still sending: the measure is how many bytes went out before the close (a deadline of 0.3 s
+    is ~15 ticks), not the wall clock, which a loaded machine stretches."""
     server = await start_proxy(make_config(server={"header_timeout": 0.3}))
     conns = [await asyncio.open_connection(server.host, server.port) for _ in range(20)]
     request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 400
-    t0 = time.monotonic()
-    closed: set[int] = set()
-    for i in range(len(request)):                        # a header byte every 20 ms, never finished
-        for n, (_, w) in enumerate(conns):
-            if n not in closed:
-                try:
-                    w.write(request[i:i + 1])
-                except (ConnectionError, RuntimeError):
-                    closed.add(n)
-        await asyncio.sleep(0.02)
-        for n, (r, _) in enumerate(conns):
-            if n not in closed and r.at_eof():
-                closed.add(n)
-        if len(closed) == len(conns) or time.monotonic() - t0 > 6:
-            break
-    for n, (r, _) in enumerate(conns):
-        if n not in closed:
+    sent_at_close: dict[int, int] = {}
+    for i in range(len(request)):
+        for n, (r, w) in enumerate(conns):
+            if n in sent_at_close:
+                continue
+            if r.at_eof():
+                sent_at_close[n] = i
+                continue
             try:
+                w.write(request[i:i + 1])
+            except (ConnectionError, RuntimeError):
+                sent_at_close[n] = i
+        if len(sent_at_close) == len(conns):
+            break
+        await asyncio.sleep(0.02)
+    for n, (r, _) in enumerate(conns):           # any left: is it closed now?
+        if n not in sent_at_close:
+            with contextlib.suppress(ConnectionResetError):    # closed with our bytes unread: a reset
                 await _read_until_closed(r, 0.5)
-            except ConnectionResetError:                 # closed with our bytes unread: a reset, still closed
-                pass
-            closed.add(n)
-    # closed long before the sender would finish (8 s of bytes, never a blank line); loose because a loaded
-    # 2-core machine delays the 20 ms ticks, not the deadline
-    assert len(closed) == 20 and time.monotonic() - t0 < 6.0
+            sent_at_close[n] = len(request)
+    assert len(sent_at_close) == 20
+    assert max(sent_at_close.values()) < len(request) // 2, sent_at_close    # closed mid-header, every one
     for _, w in conns:
         w.close()
 
