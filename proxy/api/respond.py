@@ -17,6 +17,15 @@ from proxy.gateway import GATEWAY
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+class EventStream(web.StreamResponse):
+    """An SSE answer whose status line and headers leave with its first event, in one write (as
+    aiohttp's Response sends them with its body): the pipeline hands over a stream whose first chunk is
+    already here, so nothing waits for them, and a stream saves one send (a syscall and a wake-up of
+    the client: ~4% of a short stream's CPU)."""
+
+    _send_headers_immediately = False
+
+
 def carry_headers(call: ChatCall, e: ProxyError) -> None:
     """The headers a stage asked every answer to carry (`call.error_headers`) go on an error too."""
     if call.error_headers:
@@ -90,7 +99,7 @@ async def write_reply(request: web.Request, call: ChatCall, reply: Reply) -> web
         except ConnectionError:
             _gone(call)
         return whole
-    resp = web.StreamResponse(status=reply.status, headers={**headers, **SSE_HEADERS})
+    resp = EventStream(status=reply.status, headers={**headers, **SSE_HEADERS})
     call.status = reply.status
     chunks = reply.chunks
     guard = WriteGuard(request, call, request.app[GATEWAY].config.server.write_timeout)
@@ -99,7 +108,7 @@ async def write_reply(request: web.Request, call: ChatCall, reply: Reply) -> web
         async for data in chunks:
             if call.first_byte_at is None:
                 call.first_byte_at = time.monotonic()
-            guard.since = guard.loop.time()
+            guard.stamp(len(data))
             await resp.write(data)
             guard.since = 0.0
     except ProxyError as e:
@@ -135,15 +144,30 @@ async def write_reply(request: web.Request, call: ChatCall, reply: Reply) -> web
 class WriteGuard:
     """Aborts the connection of a client that stopped reading: a write pending longer than
     `server.write_timeout` ends the call as `write_stall`. Per chunk the writer only stamps `since`; the
-    timer re-arms itself lazily (one timer a stream, not one a write)."""
+    timer re-arms itself lazily (one timer a stream, not one a write), and is armed only once the stream
+    could wait on a write at all: aiohttp awaits a write (drains) only past 64 KiB sent since its last
+    drain, counting headers and chunk framing. Until `UNGUARDED` bytes (counted with 16 bytes of framing a
+    write; the rest of the 64 KiB is left for the headers) no write can wait, so a short stream never
+    arms a timer (a call_later and its cancel: ~1% of a short stream's CPU)."""
 
-    __slots__ = ("_handle", "call", "loop", "request", "since", "timeout")
+    UNGUARDED = 32 * 1024
+
+    __slots__ = ("_handle", "_left", "call", "loop", "request", "since", "timeout")
 
     def __init__(self, request: web.Request, call: ChatCall, timeout: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.request, self.call, self.timeout = request, call, timeout
         self.since = 0.0
-        self._handle = self.loop.call_later(timeout, self._check) if timeout > 0 else None
+        self._handle: asyncio.TimerHandle | None = None
+        self._left = self.UNGUARDED if timeout > 0 else -1
+
+    def stamp(self, size: int) -> None:
+        """A write of `size` bytes starts now."""
+        self.since = self.loop.time()
+        if self._left >= 0:
+            self._left -= size + 16
+            if self._left < 0:
+                self._handle = self.loop.call_at(self.since + self.timeout, self._check)
 
     def _check(self) -> None:
         since = self.since

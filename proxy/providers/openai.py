@@ -160,30 +160,46 @@ class PassthroughStream:
         complete, self._tail = buf[:end], buf[end:]
         if not self.done and b"[DONE]" in complete:
             self.done = True
-        if _USAGE.search(complete) is None:
+        if (m := _find_usage(complete, 0)) is None:
             return complete if self._strip else data
-        kept = self._take_usage(complete)
+        kept = self._take_usage(complete, m)
         return kept if self._strip else data
 
-    def _take_usage(self, complete: bytes) -> bytes:
-        """Record usage from the events in `complete`; return them minus usage-only events."""
+    def _take_usage(self, complete: bytes, m: re.Match[bytes] | None) -> bytes:
+        """Record usage from the events in `complete`; return them minus usage-only events. Only the
+        events the usage pattern matched are cut out and parsed; the ones around them are kept as they
+        are (a burst of 20 events in one read cost ~12 µs a stream split one by one)."""
+        if b"\r" in complete:                        # CR framing: the general split
+            return b"".join(e for e in _split_events(complete) if self._kept(e))
         out: list[bytes] = []
-        for m_event in _split_events(complete):
-            if _USAGE.search(m_event) is None:
-                out.append(m_event)
-                continue
-            payload = b"".join(line[5:].strip() for line in m_event.splitlines() if line.startswith(b"data:"))
-            try:
-                obj = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                out.append(m_event)
-                continue
-            u = usage_from_openai(obj.get("usage")) if isinstance(obj, dict) else None
-            if u is not None:
-                self.usage = u
-            if not (isinstance(obj, dict) and obj.get("choices") == []):
-                out.append(m_event)
+        pos = 0
+        while m is not None:
+            start = complete.rfind(b"\n\n", pos, m.start())
+            start = pos if start < 0 else start + 2
+            end = complete.find(b"\n\n", m.end())
+            end = len(complete) if end < 0 else end + 2
+            out.append(complete[pos:start])
+            event = complete[start:end]
+            if self._kept(event):
+                out.append(event)
+            pos = end
+            m = _find_usage(complete, pos)
+        out.append(complete[pos:])
         return b"".join(out)
+
+    def _kept(self, event: bytes) -> bool:
+        """Takes the usage from an event that reports it; False for a usage-only event (no choices)."""
+        if _find_usage(event, 0) is None:
+            return True
+        payload = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return True
+        u = usage_from_openai(obj.get("usage")) if isinstance(obj, dict) else None
+        if u is not None:
+            self.usage = u
+        return not (isinstance(obj, dict) and obj.get("choices") == [])
 
     def finish(self) -> bytes:
         rest, self._tail = self._tail, b""
@@ -193,6 +209,16 @@ class PassthroughStream:
             else:
                 raise UpstreamError("upstream stream ended before [DONE]")
         return rest if self._strip else b""
+
+
+def _find_usage(buf: bytes, pos: int) -> re.Match[bytes] | None:
+    """`_USAGE` from `pos`: bytes.find for the name, the pattern only where it is (twice as fast as
+    the pattern's own scan over a burst of events)."""
+    while (i := buf.find(b'"usage"', pos)) >= 0:
+        if (m := _USAGE.match(buf, i)) is not None:
+            return m
+        pos = i + 7
+    return None
 
 
 def _last_boundary(buf: bytes) -> int:
