@@ -59,14 +59,17 @@ class HttpResponse:
             size = resp.content_length
             if size is not None and size > limit:
                 raise too_large(limit, f"a body of {size} bytes,")
-            parts: list[bytes] = []
-            total = 0
-            async for part in resp.content.iter_any():
-                total += len(part)
-                if total > limit:
-                    raise too_large(limit, "a body")
-                parts.append(part)
-            body = parts[0] if len(parts) == 1 else b"".join(parts)
+            if size is not None and "Content-Encoding" not in resp.headers:
+                body = await resp.content.read()      # bounded by its length: no counting loop needed
+            else:                                      # chunked, or decompressed past its declared length
+                parts: list[bytes] = []
+                total = 0
+                async for part in resp.content.iter_any():
+                    total += len(part)
+                    if total > limit:
+                        raise too_large(limit, "a body")
+                    parts.append(part)
+                body = parts[0] if len(parts) == 1 else b"".join(parts)
         except (aiohttp.ClientError, ConnectionError) as e:
             self.release()
             raise UpstreamError(f"upstream connection failed while reading: {type(e).__name__}") from None

@@ -190,11 +190,15 @@ class Router:
                                     "/v1/chat/completions.", status=400, type="invalid_request_error",
                                     code="unsupported_endpoint", param="model")   # the next target may have one
             wire = backend.provider.to_wire(call, target)
-            if not self.attempt_scopes:
+            scopes = self.attempt_scopes
+            if not scopes:
                 reply = await self._send(call, target, backend, wire)
+            elif len(scopes) == 1:                   # the usual one (telemetry): no ExitStack
+                with scopes[0](call, target, wire):
+                    reply = await self._send(call, target, backend, wire)
             else:
                 with contextlib.ExitStack() as stack:
-                    for scope in self.attempt_scopes:
+                    for scope in scopes:
                         stack.enter_context(scope(call, target, wire))
                     reply = await self._send(call, target, backend, wire)
         except UpstreamError as e:
