@@ -100,7 +100,9 @@ def edge(*, cors_origins: list[str] | tuple[str, ...] = (), body_timeout: float 
                     raise Forbidden(f"Cross-origin requests from {origin[:200]} are not allowed.",
                                     code="cors_origin_not_allowed")
             if request.body_exists and not (request.path in _UPLOADS and request.content_type == "multipart/form-data"):
-                await _read_body(request, body_timeout)
+                _check_type(request)
+                if not request.content.is_eof():      # usually here already, with the headers: no timer
+                    await _read_body(request, body_timeout)
             resp = await handler(request)
         except ProxyError as e:
             if e.status == 401 and throttle is not None and (wait := throttle.failed(request.remote)) is not None:
@@ -146,18 +148,20 @@ def _preflight(request: web.Request, cors_headers: dict[str, str], rid: str) -> 
         "Access-Control-Allow-Headers": req_headers, "Access-Control-Max-Age": "600", "x-request-id": rid})
 
 
-async def _read_body(request: web.Request, seconds: float) -> None:
-    """A body must be JSON (415 otherwise) and arrive within `seconds` of its headers: a body shorter than
-    its Content-Length gets 408, not a held connection. Read here once; the handler's `request.read()`
-    returns the buffered bytes."""
+def _check_type(request: web.Request) -> None:
+    """A body must be JSON (415 otherwise)."""
     ctype = request.headers.get("Content-Type")
     if ctype is not None:
         media = ctype.partition(";")[0].strip().lower()
         if media not in _JSON_TYPES and not media.endswith("+json"):
             raise ProxyError(f"Unsupported Content-Type {media[:100]!r}: send application/json.",
                              status=415, type="invalid_request_error", code="unsupported_media_type")
-    if request.content.is_eof():          # usually here already, with the headers: no timer
-        return
+
+
+async def _read_body(request: web.Request, seconds: float) -> None:
+    """The rest of a body must arrive within `seconds` of its headers: a body shorter than its
+    Content-Length gets 408, not a held connection. Read here once; the handler's `request.read()`
+    returns the buffered bytes."""
     try:
         async with asyncio.timeout(seconds):
             await request.read()
