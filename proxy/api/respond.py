@@ -104,31 +104,34 @@ async def write_reply(request: web.Request, call: ChatCall, reply: Reply) -> web
     call.status = reply.status
     chunks = reply.chunks
     guard = WriteGuard(request, call, request.app[GATEWAY].config.server.write_timeout)
-    ended = False                                # the body's end went out (with OpenAI's [DONE])
+    last = b""                                   # OpenAI's [DONE] event, held for the body's end
     try:
         await resp.prepare(request)
         async for data in chunks:
-            if ended:
-                continue                         # past [DONE]: the relay's own end (usage, upstream EOF)
             if call.first_byte_at is None:
                 call.first_byte_at = time.monotonic()
-            guard.stamp(len(data))
+            if last:
+                guard.stamp(len(last))
+                await resp.write(last)           # not the end after all: out it goes, in order
+                guard.since = 0.0
+                last = b""
             if data.endswith(DONE):
-                # OpenAI's last event: it and the body's end leave in one write, not two (a send and a
-                # client wake-up a stream, ~4% of a short stream's CPU).
-                ended = True
-                await resp.write_eof(data)
-            else:
-                await resp.write(data)
+                # OpenAI's last event: it leaves with the body's end, in one write rather than two (a
+                # send and a client wake-up a stream). The relay ends at once after it (the upstream's
+                # end follows [DONE]), and the bytes and their order are as they were.
+                last = data
+                continue
+            guard.stamp(len(data))
+            await resp.write(data)
             guard.since = 0.0
     except ProxyError as e:
         # The status line is gone already: the error becomes the stream's last event.
         failed(call, e)
-        if not ended:
-            try:
-                await resp.write(e.sse())
-            except ConnectionError:
-                _gone(call)
+        try:
+            await resp.write(last + e.sse())
+        except ConnectionError:
+            _gone(call)
+        last = b""
     except ConnectionError:
         _gone(call)                              # the client hung up (or a stalled reader was cut off)
         return resp
@@ -139,18 +142,18 @@ async def write_reply(request: web.Request, call: ChatCall, reply: Reply) -> web
         down = ShuttingDown("The server is shutting down; the stream was ended by the drain deadline.")
         failed(call, down)
         call.ended_by = DRAIN
-        if not ended:
-            await resp.write(down.sse())
+        await resp.write(last + down.sse())
+        last = b""
     finally:
         guard.cancel()
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
-    if not ended:
-        try:
-            await resp.write_eof()
-        except ConnectionError:
-            pass                                 # every byte went out; the client left before the end
+    try:
+        await resp.write_eof(last)
+    except ConnectionError:
+        if last:
+            _gone(call)                          # [DONE] did not reach the client
     return resp
 
 
