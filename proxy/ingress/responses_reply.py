@@ -3,15 +3,18 @@ response.in_progress, response.output_item.added, response.content_part.added, r
 .done, response.function_call_arguments.delta / .done, response.output_item.done, then response.completed,
 .incomplete or .failed), each with its `sequence_number`. Shapes follow the SDK's openai.types.responses.
 
-Plain text deltas, most of a stream, take a fast path: their JSON string literal is spliced in unparsed.
+Plain text deltas, most of a stream, take a fast path: their JSON string literal is spliced in unparsed,
+between the bytes before and after it, built once per output item; the literals are decoded together when the
+item closes. The upstream is read as `data: ...` blocks in bytes (the full SSE decoder only for anything
+else). `response.created` and `.in_progress` leave with the first upstream bytes, in the same write.
 """
 
 from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
+from random import getrandbits
 from typing import Any
 
 import orjson
@@ -24,8 +27,16 @@ _TEXT = re.compile(rb'"delta":\{"content":("(?:[^"\\]|\\.)*")\}')
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
+_DELTA = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":'
+_DELTA_END = b',"logprobs":[]}\n\n'
+
+
 def new_id(prefix: str) -> str:
-    return prefix + uuid.uuid4().hex
+    """Unique, not secret (stored responses are keyed by tenant too), and time-ordered as OpenAI's ids are:
+    14 hex digits of microseconds, then 72 random bits, without a system call. Ordered ids land at the end of
+    the stored_responses key index instead of on a random page of it: SQLite's CPU a stored row ~20 -> ~8 us
+    (80k rows, batches of 8)."""
+    return f"{prefix}{time.time_ns() // 1000:014x}{getrandbits(72):018x}"
 
 
 def usage_object(u: Usage) -> dict[str, Any]:
@@ -122,15 +133,19 @@ class ResponsesStream:
     """OpenAI chat SSE bytes in (any split), Responses events out. One per call. `final` holds the
     finished Response once the upstream ended."""
 
-    __slots__ = ("_decoder", "_finish", "_open", "_parts", "_seq", "_tools", "_usage", "draft", "final", "output")
+    __slots__ = ("_buf", "_decoder", "_delta", "_finish", "_lits", "_open", "_parts", "_seq", "_tools", "_usage",
+                 "draft", "final", "output")
 
     def __init__(self, draft: Draft) -> None:
         self.draft = draft
-        self._decoder = SSEDecoder()
+        self._buf = b""                              # a partial `data:` block
+        self._decoder: SSEDecoder | None = None      # the full decoder, once the upstream sent anything unusual
         self._seq = 0
         self.output: list[dict[str, Any]] = []
         self._open: dict[str, Any] | None = None    # the output item still receiving deltas
-        self._parts: list[str] = []                  # its text or arguments so far
+        self._parts: list[str] = []                  # its arguments so far (a function call)
+        self._lits: list[bytes] = []                 # its text so far, as JSON string literals (a message)
+        self._delta: bytes | None = None             # an open message's text delta bytes between seq and literal
         self._tools: dict[int, int] = {}             # chat tool call index -> output index
         self._finish: str | None = None
         self._usage: Usage | None = None
@@ -141,20 +156,56 @@ class ResponsesStream:
         self._seq += 1
         return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
 
+    def _with_response(self, kind: str, resp: bytes) -> bytes:
+        """`_ev(kind, {"response": ...})` with the Response already encoded."""
+        head = b'{"type":"%s","sequence_number":%d,"response":' % (kind.encode(), self._seq)
+        self._seq += 1
+        return b"event: " + kind.encode() + b"\ndata: " + head + resp + b"}\n\n"
+
     def start(self) -> bytes:
-        resp = self.draft.response("in_progress", [])
-        return self._ev("response.created", {"response": resp}) + self._ev("response.in_progress", {"response": resp})
+        resp = orjson.dumps(self.draft.response("in_progress", []))
+        return self._with_response("response.created", resp) + self._with_response("response.in_progress", resp)
 
     def feed(self, data: bytes) -> bytes:
+        if self._decoder is not None:
+            return self._events([e.data.encode() for e in self._decoder.feed(data)])
+        buf = self._buf + data if self._buf else data
+        if b"\r" in buf:                            # CR line ends: not what OpenAI sends; decode fully from now on
+            self._buf, self._decoder = b"", SSEDecoder()
+            return self.feed(buf)
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self._buf = buf
+            return b""
+        self._buf = buf[end + 2:]
         out: list[bytes] = []
-        for e in self._decoder.feed(data):
-            raw = e.data
-            if raw == "[DONE]":
+        for block in buf[:end].split(b"\n\n"):
+            simple = block.startswith(b"data: ") and b"\n" not in block
+            mid = self._delta
+            if simple and mid is not None:
+                m = _TEXT.search(block)
+                if m is not None and b'"finish_reason":"' not in block and b'"usage":{' not in block:
+                    # Inlined _text_literal into an open message, most of a stream: 2.2 -> 1.6 us an event.
+                    lit = m.group(1)
+                    if lit != b'""':
+                        self._lits.append(lit)
+                        out += (_DELTA, b"%d" % self._seq, mid, lit, _DELTA_END)
+                        self._seq += 1
+                    continue
+            if simple:
+                out.append(self._events([block[6:]]))
+            elif block:                              # comments, other fields, multi-line data
+                out.append(self._events([e.data.encode() for e in SSEDecoder().feed(block + b"\n\n")]))
+        return b"".join(out)
+
+    def _events(self, payloads: list[bytes]) -> bytes:
+        out: list[bytes] = []
+        for b in payloads:
+            if b == b"[DONE]":
                 out.append(self._end())
                 continue
-            if not raw:
+            if not b:
                 continue
-            b = raw.encode()
             m = _TEXT.search(b)
             if m is not None and b'"finish_reason":"' not in b and b'"usage":{' not in b:
                 if m.group(1) != b'""':
@@ -180,20 +231,21 @@ class ResponsesStream:
 
     def _text_literal(self, lit: bytes) -> bytes:
         out = b""
-        item = self._open
-        if item is None or item["type"] != "message":
+        mid = self._delta
+        if mid is None:                              # no message open: open one
             out = self._close()
             item = self._begin(message_item("", "in_progress"))
-            out += self._ev("response.output_item.added", {"output_index": len(self.output) - 1, "item": item})
+            i = len(self.output) - 1
+            out += self._ev("response.output_item.added", {"output_index": i, "item": item})
             out += self._ev("response.content_part.added", {
-                "item_id": item["id"], "output_index": len(self.output) - 1, "content_index": 0,
+                "item_id": item["id"], "output_index": i, "content_index": 0,
                 "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})
-        self._parts.append(orjson.loads(lit))
-        head = (b'{"type":"response.output_text.delta","sequence_number":' + str(self._seq).encode()
-                + b',"item_id":"' + item["id"].encode() + b'","output_index":' + str(len(self.output) - 1).encode()
-                + b',"content_index":0,"delta":' + lit + b',"logprobs":[]}')
-        self._seq += 1
-        return out + b"event: response.output_text.delta\ndata: " + head + b"\n\n"
+            mid = self._delta = b',"item_id":"%s","output_index":%d,"content_index":0,"delta":' % (
+                item["id"].encode(), i)
+        self._lits.append(lit)
+        seq = self._seq
+        self._seq = seq + 1
+        return out + _DELTA + b"%d" % seq + mid + lit + _DELTA_END
 
     def _tool(self, tc: dict[str, Any]) -> bytes:
         n = tc.get("index", 0)
@@ -215,18 +267,18 @@ class ResponsesStream:
     def _begin(self, item: dict[str, Any]) -> dict[str, Any]:
         self.output.append(item)
         self._open = item
-        self._parts = []
+        self._parts, self._lits, self._delta = [], [], None
         return item
 
     def _close(self) -> bytes:
         item = self._open
         if item is None:
             return b""
-        self._open = None
+        self._open = self._delta = None
         i = len(self.output) - 1
-        joined = "".join(self._parts)
         item["status"] = "completed"
         if item["type"] == "message":
+            joined = "".join(orjson.loads(b"[" + b",".join(self._lits) + b"]"))
             part = {"type": "output_text", "text": joined, "annotations": [], "logprobs": []}
             item["content"] = [part]
             out = self._ev("response.output_text.done", {"item_id": item["id"], "output_index": i,
@@ -234,6 +286,7 @@ class ResponsesStream:
             out += self._ev("response.content_part.done", {"item_id": item["id"], "output_index": i,
                                                            "content_index": 0, "part": part})
         else:
+            joined = "".join(self._parts)
             item["arguments"] = joined
             out = self._ev("response.function_call_arguments.done", {"item_id": item["id"], "output_index": i,
                                                                      "name": item["name"], "arguments": joined})
@@ -258,18 +311,23 @@ async def render_stream(chunks: AsyncIterator[bytes], stream: ResponsesStream | 
     """The stream in Responses events (`stream` None: it is already, relay it as is). A failure after the
     status line went out becomes `response.failed`; `failed(e)` records it on the call, `done()` runs once
     the response completed (it is stored)."""
+    head = b""      # response.created and .in_progress, held for the first write: one write a stream saved
     try:
         if stream is not None:
-            yield stream.start()
+            head = stream.start()
         async for data in chunks:
             out = stream.feed(data) if stream is not None else data
             if out:
+                if head:
+                    out, head = head + out, b""
                 yield out
+        if head:
+            yield head
         done()
     except ProxyError as e:
         failed(e)
         if stream is not None:
-            yield stream.failed(e)
+            yield head + stream.failed(e)
         else:
             yield e.sse()
     finally:

@@ -7,15 +7,23 @@ import time
 
 from proxy.store import Ledger
 
+CHUNK = 200        # rows per statement: 1,000 parameters, well under SQLite's and PostgreSQL's limits
+_UPSERT = ("INSERT INTO stored_responses (tenant, id, created_at, expires_at, body) VALUES {} "
+           "ON CONFLICT (tenant, id) DO UPDATE SET created_at = excluded.created_at, "
+           "expires_at = excluded.expires_at, body = excluded.body")
+
 
 async def put_many(ledger: Ledger, rows: list[tuple[str, str, str]], ttl: float) -> None:
-    """(tenant, id, body) rows in one transaction; an id stored again is replaced."""
+    """(tenant, id, body) rows; an id stored again is replaced. One multi-row statement (atomic on its own)
+    per CHUNK rows: one round trip to the database, where executemany's transaction takes three (BEGIN,
+    the rows, COMMIT; on SQLite a thread hop and a loop wake-up each)."""
     now = time.time()
-    await ledger.executemany(
-        "INSERT INTO stored_responses (tenant, id, created_at, expires_at, body) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT (tenant, id) DO UPDATE SET created_at = excluded.created_at, "
-        "expires_at = excluded.expires_at, body = excluded.body",
-        [(tenant, rid, now, now + ttl, body) for tenant, rid, body in rows])
+    latest = {(t, r): body for t, r, body in rows}   # one statement must not touch a row twice (PostgreSQL)
+    items = list(latest.items())
+    for i in range(0, len(items), CHUNK):
+        part = items[i:i + CHUNK]
+        await ledger.execute(_UPSERT.format(", ".join(["(?, ?, ?, ?, ?)"] * len(part))),
+                             *[x for (t, r), body in part for x in (t, r, now, now + ttl, body)])
 
 
 async def get(ledger: Ledger, tenant: str, rid: str) -> str | None:
