@@ -129,12 +129,8 @@ class Runner:
         if full and free > 0:
             for job in await jstore.claim(self.ledger, self.owner, free, self.cfg.lease_seconds):
                 self._spawn_job(job)
-        # Low priority: while live calls are in flight, batch lines run one at a time (they share the
-        # process's CPU with the live calls); with no live traffic they use their whole share.
-        live = self.gw.inflight - len(self.jobs) - len(self.lines)
-        cap = self.line_cap if live <= 0 else 1
-        free = min(self.cfg.concurrency - len(self.jobs) - len(self.lines), cap - len(self.lines))
-        if free > 0 and (full or free >= min(group, cap)):
+        free = min(self.cfg.concurrency - len(self.jobs) - len(self.lines), self.line_cap - len(self.lines))
+        if free > 0 and (full or free >= group):
             for line in await bstore.claim_lines(self.ledger, self.owner, free, self.cfg.lease_seconds):
                 key = (line.batch_id, line.custom_id)
                 self.lines[key] = asyncio.create_task(self._run_line(line))
