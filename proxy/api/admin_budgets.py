@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.api.guard import json_object, limit_param, require_master
+from proxy.api.guard import json_object, limit_param, list_page, require_master
 from proxy.audit import ACTOR, client_ip
 from proxy.cost.accounting import Accounting
 from proxy.cost.periods import iso, period_start
@@ -153,8 +153,7 @@ async def list_budgets(request: web.Request) -> web.Response:
     limit = limit_param(request, 100)
     rows = await sql.list_all(acct.ledger, limit=limit + 1, after=request.query.get("after"))
     data = [await budget_json(acct, b) for b in rows[:limit]]
-    return _json({"object": "list", "data": data, "has_more": len(rows) > limit,
-                  "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+    return _json(list_page(data, len(rows) > limit))
 
 
 async def patch(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from proxy.api.files import visible_file
+from proxy.api.guard import list_page
 from proxy.api.jobs import caller, runner
 from proxy.api.parse import decode_json
 from proxy.errors import InvalidRequest, NotFound
@@ -101,8 +102,7 @@ async def list_batches(request: web.Request) -> web.Response:
     rows = await store.list_batches(runner(request).ledger, None if key.is_master else key.id,
                                     request.query.get("after"), limit + 1)
     data = [public(d) for d in rows[:limit]]
-    return _json({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                  "last_id": data[-1]["id"] if data else None, "has_more": len(rows) > limit})
+    return _json(list_page(data, len(rows) > limit))
 
 
 def setup(app: web.Application) -> None:

@@ -12,6 +12,7 @@ import orjson
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from proxy.api.guard import list_page
 from proxy.api.jobs import caller, runner
 from proxy.context import Principal
 from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
@@ -120,8 +121,7 @@ async def list_files(request: web.Request) -> web.Response:
     rows = await store.list_files(runner(request).ledger, None if key.is_master else key.id, q.get("purpose"),
                                   q.get("after"), limit + 1, order)
     data = [f.public() for f in rows[:limit]]
-    return _json({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                  "last_id": data[-1]["id"] if data else None, "has_more": len(rows) > limit})
+    return _json(list_page(data, len(rows) > limit))
 
 
 def setup(app: web.Application) -> None:

@@ -40,6 +40,12 @@ async def json_object(request: web.Request, *, optional: bool = False) -> dict[s
 MAX_LIMIT = 1000
 
 
+def list_page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """OpenAI's list envelope (files, batches, budgets, usage): `first_id`/`last_id` page the next call."""
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+
+
 def limit_param(request: web.Request, default: int = 20, maximum: int = MAX_LIMIT) -> int:
     """The `limit` query parameter of a paginated list, or a 400 naming it."""
     raw = request.query.get("limit")

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.api.guard import limit_param, time_param
+from proxy.api.guard import limit_param, list_page, time_param
 from proxy.api.parse import credential_from
 from proxy.api.usage_summary import summary_body
 from proxy.cost.accounting import Accounting
@@ -109,8 +109,7 @@ async def list_events(request: web.Request) -> web.StreamResponse:
     if fmt != "json":
         raise InvalidRequest("Invalid 'format': expected 'json' or 'csv'.", param="format", code="invalid_value")
     data = [event_json(e) for e in events]
-    body = {"object": "list", "data": data, "has_more": has_more,
-            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+    body = list_page(data, has_more)
     return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
 
 

@@ -9,7 +9,7 @@ import orjson
 
 from proxy.context import ChatCall, Usage
 from proxy.errors import UpstreamError
-from proxy.providers.anthropic.response import FINISH, error_for_type, usage_from_anthropic
+from proxy.providers.anthropic.response import FINISH, error_for_type, merge_usage, usage_from_anthropic
 from proxy.streaming.sse import SSEDecoder
 
 # Client headers an Anthropic target honours: the body was written for the client's version and betas.
@@ -75,13 +75,9 @@ class NativeStream:
 
     def _read(self, obj: Any) -> None:
         u = (obj.get("message") or {}).get("usage") if obj.get("type") == "message_start" else obj.get("usage")
-        if not isinstance(u, dict):
-            return
-        for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens"):
-            v = u.get(k)
-            if isinstance(v, int):
-                self._u[k] = v
-        self.usage = usage_from_anthropic(self._u)
+        merged = merge_usage(self._u, u)
+        if merged is not None:
+            self.usage = merged
 
     def _fail(self, data: str) -> None:
         try:

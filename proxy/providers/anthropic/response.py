@@ -20,6 +20,21 @@ ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "bill
                 "overloaded_error": 529}
 
 
+USAGE_KEYS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
+
+
+def merge_usage(acc: dict[str, int], u: Any) -> Usage | None:
+    """A stream's usage so far: message_start carries the input counts, message_delta the cumulative output
+    (and maybe input); each event's counts replace the earlier ones. None: `u` carried nothing."""
+    if not isinstance(u, dict):
+        return None
+    for k in USAGE_KEYS:
+        v = u.get(k)
+        if isinstance(v, int):
+            acc[k] = v
+    return usage_from_anthropic(acc)
+
+
 def usage_from_anthropic(u: Any) -> Usage:
     """prompt_tokens counts every input token: uncached, read from the cache, and written to it."""
     if not isinstance(u, dict):

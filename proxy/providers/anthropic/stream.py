@@ -15,7 +15,7 @@ import orjson
 
 from proxy.context import Usage
 from proxy.errors import UpstreamError
-from proxy.providers.anthropic.response import error_for_type, finish_reason, usage_from_anthropic
+from proxy.providers.anthropic.response import error_for_type, finish_reason, merge_usage
 from proxy.streaming.chunks import DONE, ChunkWriter
 from proxy.streaming.sse import Event, SSEDecoder
 
@@ -159,10 +159,6 @@ class AnthropicStream:
 
     def _usage(self, u: Any) -> None:
         """message_start carries the input counts; message_delta the cumulative output (and maybe input)."""
-        if not isinstance(u, dict):
-            return
-        for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens"):
-            v = u.get(k)
-            if isinstance(v, int):
-                self._u[k] = v
-        self.usage = usage_from_anthropic(self._u)
+        merged = merge_usage(self._u, u)
+        if merged is not None:
+            self.usage = merged
